@@ -1,0 +1,13 @@
+"""tfnorms: exact layer norms, norm control and adversarial training for Keras 3.
+
+Example:
+    >>> import numpy as np, tfnorms
+    >>> float(tfnorms.norms.conv2d_linf_norm(np.ones((3, 3, 2, 4))))
+    18.0
+"""
+
+__version__ = "0.1.0"
+
+from tfnorms import norms  # noqa: E402
+
+__all__ = ["norms", "__version__"]

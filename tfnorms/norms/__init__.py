@@ -1,0 +1,57 @@
+"""Exact operator norms of CNN layers (pure math, no training logic).
+
+Kernels are in Keras layout: Conv2D ``(kh, kw, c_in, c_out)``, Dense
+``(in, out)``. Every function returns a differentiable TensorFlow scalar that
+also works inside ``tf.function(jit_compile=True)``.
+
+* :func:`conv2d_l1_norm`, :func:`conv2d_linf_norm`: exact closed forms for any
+  stride, padding, dilation and input size (methods.md §1.3).
+* :func:`conv2d_spectral_norm`: FFT for circular padding (Sedghi et al.),
+  power iteration for zero padding.
+* :func:`dense_l1_norm`, :func:`dense_linf_norm`, :func:`dense_spectral_norm`,
+  :func:`batch_norm_norm`.
+* :func:`layer_norm`, :func:`model_norms`: the same for built Keras layers and
+  models, reading stride, padding and input size from the layers.
+"""
+
+from tfnorms.norms.layers import (
+    SUPPORTED_LAYERS,
+    conv_geometry,
+    is_supported,
+    layer_norm,
+    model_norms,
+    unsupported_layers,
+    validate_ord,
+)
+from tfnorms.norms.operator_norms import (
+    batch_norm_norm,
+    conv2d_group_sums,
+    conv2d_l1_norm,
+    conv2d_linf_norm,
+    dense_l1_norm,
+    dense_linf_norm,
+)
+from tfnorms.norms.spectral import (
+    conv2d_singular_values,
+    conv2d_spectral_norm,
+    dense_spectral_norm,
+)
+
+__all__ = [
+    "SUPPORTED_LAYERS",
+    "batch_norm_norm",
+    "conv2d_group_sums",
+    "conv2d_l1_norm",
+    "conv2d_linf_norm",
+    "conv2d_singular_values",
+    "conv2d_spectral_norm",
+    "conv_geometry",
+    "dense_l1_norm",
+    "dense_linf_norm",
+    "dense_spectral_norm",
+    "is_supported",
+    "layer_norm",
+    "model_norms",
+    "unsupported_layers",
+    "validate_ord",
+]

@@ -1,0 +1,245 @@
+"""Operator norms of built Keras layers and of every layer of a model."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Dict, Optional, Tuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfnorms.norms import geometry
+from tfnorms.norms.operator_norms import (
+    batch_norm_norm,
+    conv2d_l1_norm,
+    conv2d_linf_norm,
+    dense_l1_norm,
+    dense_linf_norm,
+)
+from tfnorms.norms.spectral import conv2d_spectral_norm, dense_spectral_norm
+
+SUPPORTED_LAYERS = (
+    keras.layers.Conv2D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.Dense,
+    keras.layers.BatchNormalization,
+)
+
+ORDS = (1, 2, np.inf)
+
+
+def validate_ord(ord):
+    """Returns ``ord`` as ``1``, ``2`` or ``numpy.inf``, or raises ``ValueError``."""
+    if not isinstance(ord, bool) and isinstance(ord, (int, float, np.integer, np.floating)):
+        for accepted in ORDS:
+            if ord == accepted:
+                return accepted
+    raise ValueError(
+        "Invalid value for argument `ord`. Expected one of 1, 2, numpy.inf "
+        f"(as in numpy.linalg.norm). Received: ord={ord!r}"
+    )
+
+
+def is_supported(layer) -> bool:
+    """Whether :func:`layer_norm` computes the norm of ``layer``."""
+    return isinstance(layer, SUPPORTED_LAYERS)
+
+
+def _first_shape(layer):
+    """The input shape the layer was built with, or ``None``."""
+    try:
+        return tuple(layer.input.shape)
+    except (AttributeError, ValueError, RuntimeError):
+        pass
+    shapes = getattr(layer, "_build_shapes_dict", None) or {}
+    for value in shapes.values():
+        if value is not None:
+            return tuple(value)
+    return None
+
+
+def _spatial(shape, data_format) -> Tuple[Optional[int], Optional[int]]:
+    if shape is None or len(shape) != 4:
+        return (None, None)
+    dims = shape[1:3] if data_format == "channels_last" else shape[2:4]
+    return tuple(None if d is None else int(d) for d in dims)
+
+
+def _preceding_zero_padding(layer):
+    """The ``ZeroPadding2D`` layer feeding ``layer`` in a functional graph, if any."""
+    nodes = getattr(layer, "_inbound_nodes", [])
+    if len(nodes) != 1 or len(nodes[0].parent_nodes) != 1:
+        return None
+    parent = nodes[0].parent_nodes[0].operation
+    if isinstance(parent, keras.layers.ZeroPadding2D) and parent.data_format == layer.data_format:
+        return parent
+    return None
+
+
+def conv_geometry(layer, input_shape=None, fold_padding=True):
+    """Reads the operator geometry of a built Conv2D / DepthwiseConv2D layer.
+
+    Args:
+        layer: a built ``Conv2D`` or ``DepthwiseConv2D``.
+        input_shape: spatial ``(H, W)`` overriding what the layer recorded.
+        fold_padding: if the layer is fed by a ``ZeroPadding2D`` (the
+            PyTorch-style ``padding=1`` idiom: ``ZeroPadding2D(1)`` then
+            ``"valid"``), describe the composite map on the un-padded input,
+            whose norm is the one PyTorch's padded conv has.
+
+    Returns:
+        A dict with ``kernel`` (grouped Conv2D layout), ``input_shape``,
+        ``strides``, ``padding`` (name or explicit pairs), ``dilation_rate``
+        and ``groups``.
+    """
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        kh, kw, c_in, multiplier = layer.kernel.shape
+        kernel = tf.reshape(layer.kernel, (kh, kw, 1, c_in * multiplier))
+        groups = int(c_in)
+    else:
+        kernel, groups = layer.kernel, int(layer.groups)
+    padding = layer.padding
+    kernel_hw = tuple(kernel.shape[:2])
+    padder = _preceding_zero_padding(layer) if fold_padding and input_shape is None else None
+    if input_shape is None:
+        source = padder if padder is not None else layer
+        input_shape = _spatial(_first_shape(source), layer.data_format)
+    elif padder is None:
+        input_shape = tuple(input_shape)
+    if padder is not None:
+        per_axis = []
+        for n, zero_pad, k, s, d in zip(
+            input_shape, padder.padding, kernel_hw, layer.strides, layer.dilation_rate
+        ):
+            if n is None:
+                per_axis = None
+                break
+            before, after, _ = geometry.axis_padding(n + sum(zero_pad), k, s, d, padding)
+            per_axis.append((zero_pad[0] + before, zero_pad[1] + after))
+        if per_axis is None:  # unknown size: fall back to the layer on its own input
+            input_shape = _spatial(_first_shape(layer), layer.data_format)
+        else:
+            padding = tuple(per_axis)
+    return dict(
+        kernel=kernel,
+        input_shape=input_shape,
+        strides=tuple(layer.strides),
+        padding=padding,
+        dilation_rate=tuple(layer.dilation_rate),
+        groups=groups,
+    )
+
+
+def layer_norm(layer, ord, *, input_shape=None, fold_padding=True) -> tf.Tensor:
+    """Operator norm of a built layer's linear map.
+
+    Reads stride, padding, dilation, groups and the input size from the layer.
+
+    Args:
+        layer: a built ``Conv2D``, ``DepthwiseConv2D``, ``Dense`` or
+            ``BatchNormalization`` layer.
+        ord: ``1``, ``2`` or ``numpy.inf``, as in ``numpy.linalg.norm``.
+        input_shape: spatial ``(H, W)`` of the input, overriding the size the
+            layer was built with (needed for ``ord=2`` on fully convolutional
+            layers built with unknown sizes). Without a known size, ``ord=1``
+            and ``numpy.inf`` use the large-input closed form.
+        fold_padding: see :func:`conv_geometry`.
+
+    Returns:
+        A scalar tensor (differentiable in the layer's weights). Convolutions
+        use exact set sums for ``ord=1``/``inf`` and, for ``ord=2``, power
+        iteration on the zero-padded operator. BatchNormalization uses the
+        inference-mode map (moving variance).
+
+    Raises:
+        ValueError: for an unsupported layer, an unbuilt layer, or a bad ``ord``.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> conv = keras.layers.Conv2D(4, 3, strides=2, kernel_initializer="ones")
+        >>> _ = conv(np.zeros((1, 8, 8, 2), "float32"))
+        >>> float(layer_norm(conv, np.inf)), float(layer_norm(conv, 1))
+        (18.0, 16.0)
+    """
+    ord = validate_ord(ord)
+    if not is_supported(layer):
+        names = ", ".join(cls.__name__ for cls in SUPPORTED_LAYERS)
+        raise ValueError(
+            f"Invalid value for argument `layer`: layer {layer.name!r} of type "
+            f"{type(layer).__name__} is not supported. Supported layer types: {names}."
+        )
+    if not layer.built:
+        raise ValueError(f"Layer {layer.name!r} is not built: call it on an input first.")
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return batch_norm_norm(layer.gamma, layer.moving_variance, layer.epsilon)
+    if isinstance(layer, keras.layers.Dense):
+        return {1: dense_l1_norm, 2: dense_spectral_norm, np.inf: dense_linf_norm}[ord](layer.kernel)
+    geom = conv_geometry(layer, input_shape=input_shape, fold_padding=fold_padding)
+    if ord == 2:
+        if None in geom["input_shape"]:
+            raise ValueError(
+                f"The spectral norm of layer {layer.name!r} depends on its input "
+                "size, which the layer does not know: pass `input_shape=(H, W)`."
+            )
+        return conv2d_spectral_norm(**geom)
+    return (conv2d_l1_norm if ord == 1 else conv2d_linf_norm)(**geom)
+
+
+def _own_variables(layer):
+    return list(getattr(layer, "_trainable_variables", [])) + list(
+        getattr(layer, "_non_trainable_variables", [])
+    )
+
+
+def unsupported_layers(model):
+    """Layers of ``model`` that own weights but have no norm here."""
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if not is_supported(layer) and _own_variables(layer)
+    ]
+
+
+def model_norms(model, ord, *, on_unsupported="warn", fold_padding=True) -> Dict[str, tf.Tensor]:
+    """Operator norms of every supported layer of a built model.
+
+    Args:
+        model: a built ``keras.Model`` (nested models are traversed).
+        ord: ``1``, ``2`` or ``numpy.inf``.
+        on_unsupported: what to do about layers that own weights but are not
+            supported (e.g. ``Conv1D``, ``LayerNormalization``): ``"warn"``
+            (default, one warning naming them), ``"raise"`` or ``"ignore"``.
+        fold_padding: see :func:`conv_geometry`.
+
+    Returns:
+        A dict, in layer order, from ``layer.path`` to the norm (scalar tensor).
+
+    Example:
+        >>> import keras, numpy as np
+        >>> model = keras.Sequential([keras.Input((8, 8, 3)),
+        ...                           keras.layers.Conv2D(4, 3), keras.layers.Flatten(),
+        ...                           keras.layers.Dense(2)])
+        >>> list(model_norms(model, np.inf))
+        ['sequential/conv2d', 'sequential/dense']
+    """
+    ord = validate_ord(ord)
+    if on_unsupported not in ("warn", "raise", "ignore"):
+        raise ValueError(
+            "Invalid value for argument `on_unsupported`. Expected one of "
+            f'"warn", "raise", "ignore". Received: on_unsupported={on_unsupported!r}'
+        )
+    if not model.built:
+        raise ValueError(f"Model {model.name!r} is not built: call it on an input first.")
+    skipped = unsupported_layers(model)
+    if skipped and on_unsupported != "ignore":
+        listing = ", ".join(f"{layer.path} ({type(layer).__name__})" for layer in skipped)
+        message = f"model_norms: no operator norm for these layers with weights: {listing}."
+        if on_unsupported == "raise":
+            raise ValueError(message)
+        warnings.warn(message, stacklevel=2)
+    return {
+        layer.path: layer_norm(layer, ord, fold_padding=fold_padding)
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if is_supported(layer)
+    }

@@ -1,0 +1,254 @@
+"""Spectral (l2) operator norms of Conv2D and Dense maps.
+
+* Circular padding, stride 1: exact by the characterisation of Sedghi et al.
+  (ICLR 2019, Thm. 6): the singular values of the convolution on an ``n_h x
+  n_w`` torus are the union over frequencies ``(u, v)`` of the singular values
+  of the ``c_out x c_in`` matrices ``P(u, v) = DFT2(kernel folded onto the
+  torus)[u, v]``. We use the real FFT (``P(-u, -v) = conj P(u, v)`` has the same
+  singular values, so half the frequencies suffice) and the realification
+  ``[[Re, -Im], [Im, Re]]`` of each ``P`` (same singular values, each twice),
+  whose largest eigenvalue of the Gram matrix is real-valued math: it runs on
+  GPU and under XLA and is differentiable.
+* Zero padding (``"same"``, ``"valid"``, explicit), any stride and dilation:
+  power iteration on ``A^T A`` with ``A`` the real convolution and ``A^T`` its
+  input gradient (a transposed convolution).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tfnorms.norms import geometry
+from tfnorms.norms.operator_norms import _check_kernel, normalize_input_shape
+
+
+def _largest_gram_eigenvalue(matrices: tf.Tensor) -> tf.Tensor:
+    """Largest squared singular value over a batch of real matrices."""
+    rows, cols = matrices.shape[-2], matrices.shape[-1]
+    if rows <= cols:
+        gram = tf.matmul(matrices, matrices, transpose_b=True)
+    else:
+        gram = tf.matmul(matrices, matrices, transpose_a=True)
+    return tf.reduce_max(tf.linalg.eigvalsh(gram))
+
+
+def dense_spectral_norm(kernel) -> tf.Tensor:
+    """Largest singular value of a Dense kernel ``(in, out)``.
+
+    Computed as the square root of the largest eigenvalue of the smaller Gram
+    matrix (differentiable, XLA-compatible).
+
+    Example:
+        >>> import numpy as np
+        >>> round(float(dense_spectral_norm(np.diag([3.0, -4.0]))), 6)
+        4.0
+    """
+    kernel = _check_kernel(kernel, 2)
+    return tf.sqrt(_largest_gram_eigenvalue(kernel))
+
+
+def _fold_onto_torus(kernel: tf.Tensor, size, dilation_rate) -> tf.Tensor:
+    """Places ``kernel[r, c]`` at ``(r*d_h mod n_h, c*d_w mod n_w)``, summing collisions.
+
+    This is the exact kernel of the circular convolution on an ``n_h x n_w``
+    torus, also when the kernel's reach exceeds the input.
+    """
+    kh, kw = kernel.shape[0], kernel.shape[1]
+    folds = []
+    for n, k, d in zip(size, (kh, kw), dilation_rate):
+        fold = np.zeros((n, k))
+        fold[(np.arange(k) * d) % n, np.arange(k)] = 1.0
+        folds.append(tf.constant(fold, dtype=kernel.dtype))
+    return tf.einsum("pr,qc,rcio->pqio", folds[0], folds[1], kernel)
+
+
+def _circular_transfer_matrices(kernel, size, dilation_rate, groups, full_spectrum):
+    """Per-frequency ``c_out_g x c_in_g`` transfer matrices, one batch per group.
+
+    Returns complex tensors ``(n_h, n_f, groups, c_out_g, c_in_g)`` where ``n_f``
+    is ``n_w`` (full spectrum) or ``n_w // 2 + 1`` (real FFT).
+    """
+    kh, kw, c_in_g, c_out = kernel.shape
+    torus = _fold_onto_torus(kernel, size, dilation_rate)  # (n_h, n_w, c_in_g, c_out)
+    torus = tf.reshape(torus, (size[0], size[1], c_in_g, groups, c_out // groups))
+    spatial_last = tf.transpose(torus, (3, 4, 2, 0, 1))  # (g, c_out_g, c_in_g, n_h, n_w)
+    if full_spectrum:
+        complex_dtype = tf.complex128 if kernel.dtype == tf.float64 else tf.complex64
+        spectrum = tf.signal.fft2d(tf.cast(spatial_last, complex_dtype))
+    else:
+        spectrum = tf.signal.rfft2d(spatial_last)
+    return tf.transpose(spectrum, (3, 4, 0, 1, 2))
+
+
+def _realify(matrices: tf.Tensor) -> tf.Tensor:
+    """``M = A + iB`` -> ``[[A, -B], [B, A]]``: same singular values, each doubled."""
+    real, imag = tf.math.real(matrices), tf.math.imag(matrices)
+    top = tf.concat([real, -imag], axis=-1)
+    bottom = tf.concat([imag, real], axis=-1)
+    return tf.concat([top, bottom], axis=-2)
+
+
+def _check_circular(kernel, input_shape, strides, dilation_rate, groups):
+    kernel = _check_kernel(kernel, 4)
+    strides, dilation_rate = geometry.check_stride_dilation(strides, dilation_rate)
+    if strides != (1, 1):
+        raise ValueError(
+            'padding="circular" is exact only for stride 1 (Sedghi et al.). '
+            f"Received: strides={strides}. Use padding='same' or 'valid' (power "
+            "iteration) for strided convolutions."
+        )
+    shape = normalize_input_shape(input_shape)
+    if None in shape:
+        raise ValueError(
+            "Invalid value for argument `input_shape`. The spectral norm depends "
+            f"on the input size: pass (H, W). Received: input_shape={input_shape!r}"
+        )
+    if kernel.shape[3] % groups:
+        raise ValueError(f"`groups`={groups} must divide the number of output channels {kernel.shape[3]}.")
+    return kernel, shape, dilation_rate
+
+
+def conv2d_singular_values(
+    kernel, *, input_shape, dilation_rate=1, groups=1
+) -> tf.Tensor:
+    """All singular values of a stride-1 convolution with circular padding.
+
+    Reference formulation (full complex FFT and complex SVD, CPU only in
+    TensorFlow): returns the ``n_h * n_w * min(c_in, c_out)`` singular values
+    sorted in decreasing order. Use it for analysis and tests;
+    :func:`conv2d_spectral_norm` computes the largest one on any device.
+
+    Example:
+        >>> import numpy as np
+        >>> sv = conv2d_singular_values(np.ones((3, 3, 1, 1)), input_shape=(4, 4))
+        >>> float(sv[0])
+        9.0
+    """
+    kernel, shape, dilation_rate = _check_circular(kernel, input_shape, 1, dilation_rate, groups)
+    matrices = _circular_transfer_matrices(kernel, shape, dilation_rate, groups, full_spectrum=True)
+    values = tf.reshape(tf.linalg.svd(matrices, compute_uv=False), [-1])
+    return tf.sort(values, direction="DESCENDING")
+
+
+def _zero_padded_conv(x, kernel, strides, dilation_rate, pads, groups):
+    if groups > 1:
+        kernel = _block_diagonal(kernel, groups)
+    if pads[0] in ("same", "valid"):
+        padding = pads[0].upper()
+    else:
+        padding = [[0, 0], list(pads[0]), list(pads[1]), [0, 0]]
+    return tf.nn.conv2d(
+        x, kernel, strides=(1,) + tuple(strides) + (1,), padding=padding,
+        dilations=(1,) + tuple(dilation_rate) + (1,),
+    )
+
+
+def _block_diagonal(kernel: tf.Tensor, groups: int) -> tf.Tensor:
+    """Grouped kernel ``(kh, kw, c_in_g, c_out)`` -> equivalent dense ``(kh, kw, c_in, c_out)``."""
+    kh, kw, c_in_g, c_out = kernel.shape
+    c_out_g = c_out // groups
+    blocks = tf.reshape(kernel, (kh, kw, c_in_g, groups, c_out_g))
+    eye = tf.eye(groups, dtype=kernel.dtype)
+    dense = tf.einsum("rcigo,hg->rchigo", blocks, eye)  # input group h, output group g
+    return tf.reshape(dense, (kh, kw, groups * c_in_g, c_out))
+
+
+def conv2d_spectral_norm(
+    kernel,
+    *,
+    input_shape,
+    strides=1,
+    padding="same",
+    dilation_rate=1,
+    groups=1,
+    tol=1e-7,
+    max_iter=1000,
+    seed=0,
+) -> tf.Tensor:
+    """Spectral norm (largest singular value) of a 2-D convolution operator.
+
+    Args:
+        kernel: Conv2D kernel ``(kh, kw, c_in // groups, c_out)``.
+        input_shape: spatial input size ``(H, W)`` (required: the spectral norm
+            depends on it).
+        strides: int or pair.
+        padding: ``"circular"`` (stride 1 only; exact by FFT), ``"same"``,
+            ``"valid"`` or explicit ``((top, bottom), (left, right))`` zero
+            padding (power iteration).
+        dilation_rate: int or pair.
+        groups: channel groups.
+        tol: power iteration stops once the relative change of the estimate of
+            ``sigma**2`` between two iterations is at most ``tol``.
+        max_iter: power iteration stops after this many iterations at most.
+        seed: seed of the (stateless) random start vector.
+
+    Returns:
+        A scalar tensor. For zero padding it is the power-iteration estimate
+        ``||A v||`` for the final unit vector ``v``: a lower bound that
+        increases monotonically towards the norm; with the defaults it agrees
+        with a dense SVD to about 1e-6 relative on well-separated spectra.
+        Its gradient is the exact gradient ``u v^T`` of the norm at ``v``.
+
+    Example:
+        >>> import numpy as np
+        >>> kernel = np.ones((3, 3, 1, 1))
+        >>> float(conv2d_spectral_norm(kernel, input_shape=(8, 8), padding="circular"))
+        9.0
+    """
+    pads = geometry.normalize_padding(padding, extra=("circular",))
+    if pads[0] == "circular":
+        kernel, shape, dilation_rate = _check_circular(kernel, input_shape, strides, dilation_rate, groups)
+        matrices = _circular_transfer_matrices(kernel, shape, dilation_rate, groups, full_spectrum=False)
+        return tf.sqrt(_largest_gram_eigenvalue(_realify(matrices)))
+
+    kernel = _check_kernel(kernel, 4)
+    strides, dilation_rate = geometry.check_stride_dilation(strides, dilation_rate)
+    shape = normalize_input_shape(input_shape)
+    if None in shape:
+        raise ValueError(
+            "Invalid value for argument `input_shape`. The spectral norm depends "
+            f"on the input size: pass (H, W). Received: input_shape={input_shape!r}"
+        )
+    for n, k, s, d, p in zip(shape, kernel.shape[:2], strides, dilation_rate, pads):
+        if geometry.output_size(n, k, s, d, p) == 0:
+            raise ValueError(
+                f"The convolution has no output for input_shape={shape} and padding={padding!r}."
+            )
+    if kernel.shape[3] % groups:
+        raise ValueError(f"`groups`={groups} must divide the number of output channels {kernel.shape[3]}.")
+    c_in = kernel.shape[2] * groups
+
+    def forward(x, k):
+        return _zero_padded_conv(x, k, strides, dilation_rate, pads, groups)
+
+    frozen = tf.stop_gradient(kernel)
+    start = tf.random.stateless_normal((1,) + shape + (c_in,), seed=(seed, 0), dtype=kernel.dtype)
+    start = start / tf.norm(start)
+
+    tiny = tf.constant(np.finfo(kernel.dtype.as_numpy_dtype).tiny, kernel.dtype)
+
+    def gram_apply(v):
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            out = forward(v, frozen)
+        # A^T A v = gradient of 0.5 ||A v||^2 with respect to v.
+        return tape.gradient(out, v, output_gradients=out)
+
+    def cond(i, v, sigma_sq, change):
+        return tf.logical_and(i < max_iter, change > tol)
+
+    def body(i, v, sigma_sq, change):
+        w = gram_apply(v)
+        new_sigma_sq = tf.reduce_sum(v * w)  # Rayleigh quotient, ||v|| = 1
+        w_norm = tf.norm(w)
+        v_next = tf.where(w_norm > 0, w / tf.maximum(w_norm, tiny), v)
+        change = tf.abs(new_sigma_sq - sigma_sq) / tf.maximum(new_sigma_sq, tiny)
+        return i + 1, v_next, new_sigma_sq, change
+
+    one = tf.constant(1.0, kernel.dtype)
+    _, v, _, _ = tf.while_loop(
+        cond, body, (tf.constant(0), start, tf.zeros((), kernel.dtype), one)
+    )
+    v = tf.stop_gradient(v)
+    return tf.norm(forward(v, kernel)) / tf.norm(v)
