@@ -137,7 +137,9 @@ def _maximal_sets(sets, k: int) -> np.ndarray:
     for candidate in unique:
         if not any(candidate <= other for other in kept):
             kept.append(candidate)
-    mask = np.zeros((len(kept), k), dtype=np.float64)
+    # No position touches anything (e.g. a dilated kernel wider than a padded
+    # 1-pixel input): the operator is zero; one empty set keeps max() at 0.
+    mask = np.zeros((max(len(kept), 1), k), dtype=np.float64)
     for row, positions in enumerate(kept):
         mask[row, sorted(positions)] = 1.0
     return mask

@@ -218,10 +218,10 @@ def model_norms(model, ord, *, on_unsupported="warn", fold_padding=True) -> Dict
     Example:
         >>> import keras, numpy as np
         >>> model = keras.Sequential([keras.Input((8, 8, 3)),
-        ...                           keras.layers.Conv2D(4, 3), keras.layers.Flatten(),
-        ...                           keras.layers.Dense(2)])
+        ...                           keras.layers.Conv2D(4, 3, name="conv"), keras.layers.Flatten(),
+        ...                           keras.layers.Dense(2, name="fc")], name="net")
         >>> list(model_norms(model, np.inf))
-        ['sequential/conv2d', 'sequential/dense']
+        ['net/conv', 'net/fc']
     """
     ord = validate_ord(ord)
     if on_unsupported not in ("warn", "raise", "ignore"):

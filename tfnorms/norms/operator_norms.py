@@ -67,10 +67,11 @@ def normalize_input_shape(input_shape):
     )
 
 
-def _conv_geometry(kernel, input_shape, strides, padding, dilation_rate, groups):
+def validate_conv_args(kernel, input_shape, strides, padding, dilation_rate, groups, extra_padding=()):
+    """Validates the arguments shared by every conv norm; returns them normalised."""
     kernel = _check_kernel(kernel, 4)
     strides, dilation_rate = geometry.check_stride_dilation(strides, dilation_rate)
-    pads = geometry.normalize_padding(padding)
+    pads = geometry.normalize_padding(padding, extra=extra_padding)
     shape = normalize_input_shape(input_shape)
     if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
         raise ValueError(
@@ -111,7 +112,7 @@ def conv2d_group_sums(
         channels are the ``c_in`` input channels (group-major), for
         ``ord=inf`` the ``c_out`` output channels.
     """
-    kernel, strides, dilation_rate, pads, shape, groups = _conv_geometry(
+    kernel, strides, dilation_rate, pads, shape, groups = validate_conv_args(
         kernel, input_shape, strides, padding, dilation_rate, groups
     )
     kh, kw, c_in_g, c_out = kernel.shape

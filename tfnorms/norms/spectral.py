@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfnorms.norms import geometry
-from tfnorms.norms.operator_norms import _check_kernel, normalize_input_shape
+from tfnorms.norms.operator_norms import _check_kernel, validate_conv_args
 
 
 def _largest_gram_eigenvalue(matrices: tf.Tensor) -> tf.Tensor:
@@ -89,24 +89,28 @@ def _realify(matrices: tf.Tensor) -> tf.Tensor:
     return tf.concat([top, bottom], axis=-2)
 
 
-def _check_circular(kernel, input_shape, strides, dilation_rate, groups):
-    kernel = _check_kernel(kernel, 4)
-    strides, dilation_rate = geometry.check_stride_dilation(strides, dilation_rate)
-    if strides != (1, 1):
-        raise ValueError(
-            'padding="circular" is exact only for stride 1 (Sedghi et al.). '
-            f"Received: strides={strides}. Use padding='same' or 'valid' (power "
-            "iteration) for strided convolutions."
-        )
-    shape = normalize_input_shape(input_shape)
+def _validate(kernel, input_shape, strides, padding, dilation_rate, groups):
+    kernel, strides, dilation_rate, pads, shape, groups = validate_conv_args(
+        kernel, input_shape, strides, padding, dilation_rate, groups, extra_padding=("circular",)
+    )
     if None in shape:
         raise ValueError(
             "Invalid value for argument `input_shape`. The spectral norm depends "
             f"on the input size: pass (H, W). Received: input_shape={input_shape!r}"
         )
-    if kernel.shape[3] % groups:
-        raise ValueError(f"`groups`={groups} must divide the number of output channels {kernel.shape[3]}.")
-    return kernel, shape, dilation_rate
+    if pads[0] == "circular" and strides != (1, 1):
+        raise ValueError(
+            'padding="circular" is exact only for stride 1 (Sedghi et al.). '
+            f"Received: strides={strides}. Use padding='same' or 'valid' (power "
+            "iteration) for strided convolutions."
+        )
+    if pads[0] != "circular":
+        for n, k, s, d, p in zip(shape, kernel.shape[:2], strides, dilation_rate, pads):
+            if geometry.output_size(n, k, s, d, p) == 0:
+                raise ValueError(
+                    f"The convolution has no output for input_shape={shape} and padding={padding!r}."
+                )
+    return kernel, shape, strides, dilation_rate, pads, groups
 
 
 def conv2d_singular_values(
@@ -125,32 +129,38 @@ def conv2d_singular_values(
         >>> float(sv[0])
         9.0
     """
-    kernel, shape, dilation_rate = _check_circular(kernel, input_shape, 1, dilation_rate, groups)
+    kernel, shape, _, dilation_rate, _, groups = _validate(
+        kernel, input_shape, 1, "circular", dilation_rate, groups
+    )
     matrices = _circular_transfer_matrices(kernel, shape, dilation_rate, groups, full_spectrum=True)
     values = tf.reshape(tf.linalg.svd(matrices, compute_uv=False), [-1])
     return tf.sort(values, direction="DESCENDING")
 
 
 def _zero_padded_conv(x, kernel, strides, dilation_rate, pads, groups):
+    """The zero-padded convolution, written with ops whose input gradient exists on CPU.
+
+    ``tf.nn.convolution`` routes dilation through space-to-batch (the dilated
+    ``Conv2DBackpropInput`` has no CPU kernel), explicit padding becomes
+    ``tf.pad`` + "VALID", and a grouped kernel becomes its block-diagonal dense
+    equivalent (grouped input gradients have no CPU kernel either).
+    """
     if groups > 1:
         kernel = _block_diagonal(kernel, groups)
     if pads[0] in ("same", "valid"):
         padding = pads[0].upper()
     else:
-        padding = [[0, 0], list(pads[0]), list(pads[1]), [0, 0]]
-    return tf.nn.conv2d(
-        x, kernel, strides=(1,) + tuple(strides) + (1,), padding=padding,
-        dilations=(1,) + tuple(dilation_rate) + (1,),
-    )
+        x = tf.pad(x, [[0, 0], list(pads[0]), list(pads[1]), [0, 0]])
+        padding = "VALID"
+    return tf.nn.convolution(x, kernel, strides=strides, padding=padding, dilations=dilation_rate)
 
 
 def _block_diagonal(kernel: tf.Tensor, groups: int) -> tf.Tensor:
     """Grouped kernel ``(kh, kw, c_in_g, c_out)`` -> equivalent dense ``(kh, kw, c_in, c_out)``."""
     kh, kw, c_in_g, c_out = kernel.shape
-    c_out_g = c_out // groups
-    blocks = tf.reshape(kernel, (kh, kw, c_in_g, groups, c_out_g))
+    blocks = tf.reshape(kernel, (kh, kw, c_in_g, groups, c_out // groups))
     eye = tf.eye(groups, dtype=kernel.dtype)
-    dense = tf.einsum("rcigo,hg->rchigo", blocks, eye)  # input group h, output group g
+    dense = tf.einsum("rcigo,hg->rchigo", blocks, eye)  # input group h feeds output group g iff h == g
     return tf.reshape(dense, (kh, kw, groups * c_in_g, c_out))
 
 
@@ -196,49 +206,40 @@ def conv2d_spectral_norm(
         >>> float(conv2d_spectral_norm(kernel, input_shape=(8, 8), padding="circular"))
         9.0
     """
-    pads = geometry.normalize_padding(padding, extra=("circular",))
+    kernel, shape, strides, dilation_rate, pads, groups = _validate(
+        kernel, input_shape, strides, padding, dilation_rate, groups
+    )
     if pads[0] == "circular":
-        kernel, shape, dilation_rate = _check_circular(kernel, input_shape, strides, dilation_rate, groups)
         matrices = _circular_transfer_matrices(kernel, shape, dilation_rate, groups, full_spectrum=False)
         return tf.sqrt(_largest_gram_eigenvalue(_realify(matrices)))
 
-    kernel = _check_kernel(kernel, 4)
-    strides, dilation_rate = geometry.check_stride_dilation(strides, dilation_rate)
-    shape = normalize_input_shape(input_shape)
-    if None in shape:
-        raise ValueError(
-            "Invalid value for argument `input_shape`. The spectral norm depends "
-            f"on the input size: pass (H, W). Received: input_shape={input_shape!r}"
-        )
-    for n, k, s, d, p in zip(shape, kernel.shape[:2], strides, dilation_rate, pads):
-        if geometry.output_size(n, k, s, d, p) == 0:
-            raise ValueError(
-                f"The convolution has no output for input_shape={shape} and padding={padding!r}."
-            )
-    if kernel.shape[3] % groups:
-        raise ValueError(f"`groups`={groups} must divide the number of output channels {kernel.shape[3]}.")
     c_in = kernel.shape[2] * groups
-
-    def forward(x, k):
-        return _zero_padded_conv(x, k, strides, dilation_rate, pads, groups)
-
-    frozen = tf.stop_gradient(kernel)
+    conv = dict(strides=strides, dilation_rate=dilation_rate, pads=pads, groups=groups)
     start = tf.random.stateless_normal((1,) + shape + (c_in,), seed=(seed, 0), dtype=kernel.dtype)
-    start = start / tf.norm(start)
+    v = _dominant_right_vector(tf.stop_gradient(kernel), start, tol, max_iter, **conv)
+    return tf.norm(_zero_padded_conv(v, kernel, **conv))
 
+
+@tf.function(autograph=False)
+def _dominant_right_vector(kernel, start, tol, max_iter, *, strides, dilation_rate, pads, groups):
+    """Power iteration on ``A^T A``; returns the (unit) dominant right singular vector.
+
+    Compiled once per configuration so eager callers do not pay a Python loop;
+    inside a caller's ``tf.function`` it is inlined.
+    """
     tiny = tf.constant(np.finfo(kernel.dtype.as_numpy_dtype).tiny, kernel.dtype)
 
     def gram_apply(v):
         with tf.GradientTape() as tape:
             tape.watch(v)
-            out = forward(v, frozen)
-        # A^T A v = gradient of 0.5 ||A v||^2 with respect to v.
+            out = _zero_padded_conv(v, kernel, strides, dilation_rate, pads, groups)
+        # A^T A v is the gradient of 0.5 ||A v||^2 with respect to v.
         return tape.gradient(out, v, output_gradients=out)
 
-    def cond(i, v, sigma_sq, change):
+    def keep_going(i, v, sigma_sq, change):
         return tf.logical_and(i < max_iter, change > tol)
 
-    def body(i, v, sigma_sq, change):
+    def step(i, v, sigma_sq, change):
         w = gram_apply(v)
         new_sigma_sq = tf.reduce_sum(v * w)  # Rayleigh quotient, ||v|| = 1
         w_norm = tf.norm(w)
@@ -246,9 +247,7 @@ def conv2d_spectral_norm(
         change = tf.abs(new_sigma_sq - sigma_sq) / tf.maximum(new_sigma_sq, tiny)
         return i + 1, v_next, new_sigma_sq, change
 
-    one = tf.constant(1.0, kernel.dtype)
-    _, v, _, _ = tf.while_loop(
-        cond, body, (tf.constant(0), start, tf.zeros((), kernel.dtype), one)
-    )
-    v = tf.stop_gradient(v)
-    return tf.norm(forward(v, kernel)) / tf.norm(v)
+    start = start / tf.norm(start)
+    initial = (tf.constant(0), start, tf.zeros((), kernel.dtype), tf.ones((), kernel.dtype))
+    _, v, _, _ = tf.while_loop(keep_going, step, initial)
+    return tf.stop_gradient(v)
