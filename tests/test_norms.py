@@ -323,10 +323,10 @@ def layer_matrix(fn, input_shape):
 
 @pytest.fixture(autouse=True)
 def float64_keras():
-    previous = keras.config.floatx()
-    keras.config.set_floatx("float64")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float64")
     yield
-    keras.config.set_floatx(previous)
+    keras.config.set_dtype_policy(previous)
 
 
 @pytest.mark.parametrize(

@@ -45,21 +45,16 @@ def _check_kernel(kernel, rank: int, name: str = "kernel") -> tf.Tensor:
     return kernel
 
 
+def _is_size(n) -> bool:
+    return n is None or (isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1)
+
+
 def normalize_input_shape(input_shape):
     """Returns ``(H, W)`` with ints or ``None`` entries, or ``(None, None)``."""
     if input_shape is None:
         return (None, None)
-    if isinstance(input_shape, (tuple, list)) and len(input_shape) == 2:
-        out = []
-        for n in input_shape:
-            if n is None:
-                out.append(None)
-            elif isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1:
-                out.append(int(n))
-            else:
-                break
-        else:
-            return tuple(out)
+    if isinstance(input_shape, (tuple, list)) and len(input_shape) == 2 and all(map(_is_size, input_shape)):
+        return tuple(None if n is None else int(n) for n in input_shape)
     raise ValueError(
         "Invalid value for argument `input_shape`. Expected None or the spatial "
         f"size (H, W) of the layer's input as positive ints. Received: "

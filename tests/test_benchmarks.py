@@ -1,0 +1,24 @@
+"""Smoke tests: the benchmarks run end to end in their --quick configuration."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_benchmark(name, tmp_path, *extra):
+    output = tmp_path / f"{name}.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick", f"--output={output}", *extra],
+        check=True, cwd=ROOT, capture_output=True, timeout=600,
+    )
+    return json.loads(output.read_text())
+
+
+def test_norm_speed_quick(tmp_path):
+    result = run_benchmark("norm_speed", tmp_path)
+    methods = {row["method"] for row in result["rows"]}
+    assert {"ours_l1", "ours_linf", "fft_svd", "power_iteration", "ours_all_l1_linf"} <= methods
+    assert all(row["median_seconds"] > 0 for row in result["rows"])
