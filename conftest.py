@@ -15,3 +15,19 @@ try:
     )
 except RuntimeError:  # already initialised (e.g. imported by a plugin first)
     pass
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def two_cpu_strategy():
+    """One MirroredStrategy over the two logical CPUs, shared by every test.
+
+    Separate strategy objects in one process draw collective instance keys from
+    separate counters and can collide ("Shape mismatch in the collective
+    instance"), so tests share this one.
+    """
+    if len(tf.config.list_logical_devices("CPU")) < 2:
+        pytest.skip("needs the two logical CPUs configured in conftest.py")
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

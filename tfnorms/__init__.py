@@ -9,5 +9,8 @@ Example:
 __version__ = "0.1.0"
 
 from tfnorms import norms  # noqa: E402
+from tfnorms import attacks, metrics  # noqa: E402
+from tfnorms.training import AdversarialTrainer  # noqa: E402
 
 __all__ = ["norms", "__version__"]
+__all__ += ["AdversarialTrainer", "attacks", "metrics"]

@@ -1,0 +1,284 @@
+"""Projected gradient attacks: :class:`PGD`, :class:`FGSM` and :class:`CW` (CW-l_inf).
+
+All three are the one loop of :mod:`tfnorms.attacks.loop` with different
+components; each is a plain callable ``attack(model, x, y) -> x_adv`` that
+returns float32 inputs inside the eps-ball around ``x`` and inside [0, 1].
+
+Example:
+    >>> import numpy as np, keras, tfnorms
+    >>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    >>> attack = tfnorms.attacks.PGD(eps=8 / 255, step_size=2 / 255, steps=10)
+    >>> x = np.random.rand(4, 8, 8, 1).astype("float32")
+    >>> x_adv = attack(model, x, np.array([0, 1, 0, 1]))
+    >>> bool(np.abs(x_adv - x).max() <= 8 / 255 + 1e-6)
+    True
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfnorms.attacks import loop, projections
+from tfnorms.attacks import losses as losses_lib
+from tfnorms.attacks import starts as starts_lib
+from tfnorms.attacks import steps as steps_lib
+
+
+def _positive_float(name, value, allow_zero=False):
+    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not is_number or not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        expected = "a finite float >= 0" if allow_zero else "a finite float > 0"
+        raise ValueError(f"Invalid value for argument `{name}`. Expected {expected}. Received: {name}={value!r}")
+    return float(value)
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"Invalid value for argument `{name}`. Expected an int >= 1. Received: {name}={value!r}")
+    return int(value)
+
+
+def _bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"Invalid value for argument `{name}`. Expected True or False. Received: {name}={value!r}")
+    return bool(value)
+
+
+def _seed(value):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+        raise ValueError(f"Invalid value for argument `seed`. Expected None or an int. Received: seed={value!r}")
+    return None if value is None else int(value)
+
+
+@keras.saving.register_keras_serializable(package="tfnorms")
+class PGD:
+    """Projected gradient descent (ascent on the attack loss) in an l_inf or l2 ball.
+
+    ``x_0 = project(start(x))``; ``steps`` times
+    ``x_{t+1} = project(x_t + step(grad_x sum_i loss_i(model(x_t))))`` with the
+    sign step for l_inf and the l2-normalised step for l2; returns the final
+    iterate (methods.md §3.1), or with ``stop_at_misclassification=True`` each
+    example's first misclassified iterate.
+
+    Args:
+        eps: radius of the threat model (e.g. ``8 / 255`` or ``0.031``).
+        step_size: step length per iteration (``2 / 255``, ``0.007``).
+        steps: number of iterations.
+        ord: ``numpy.inf`` or ``2``.
+        loss: ``"ce"`` (cross-entropy), ``"kl"`` (KL from the clean softmax,
+            TRADES), ``"cw"`` (CW margin), ``"dlr"`` (AutoAttack DLR) or a
+            callable ``loss(logits, labels, clean_logits) -> [batch]`` to maximise.
+        random_start: ``"uniform"`` (in the ball), ``"normal"`` (``0.001 * N(0, I)``,
+            TRADES/MART training attacks) or ``None``.
+        training: run the model in training mode during the attack. Default
+            ``False``: inference mode, so batch norm uses its moving statistics
+            and does not update them (pitfalls.md); ``True`` reproduces code
+            that attacks a model left in train mode.
+        stop_at_misclassification: keep each example's first misclassified
+            iterate instead of the final one. For a fixed ``seed`` the robust
+            accuracy then never increases with ``steps``.
+        seed: ``None`` (a fresh random start per call) or an int (a
+            deterministic start for a given input shape, for reproducible evaluation).
+
+    Calling ``attack(model, x, y, clean_logits=None)`` takes a callable
+    ``model`` returning logits, ``[batch, ...]`` inputs ``x`` in [0, 1], labels
+    ``y`` (class ids ``[batch]`` / ``[batch, 1]`` or one-hot rows) and
+    optionally the logits of ``x`` in the attack's mode (saves a forward pass
+    for the ``"kl"`` loss); it returns float32 adversarial inputs of the shape
+    of ``x``, without gradient.
+
+    Example:
+        >>> import numpy as np
+        >>> trades_attack = PGD(eps=0.031, step_size=0.007, steps=10, loss="kl", random_start="normal")
+        >>> trades_attack.get_config()["loss"]
+        'kl'
+    """
+
+    def __init__(
+        self,
+        eps,
+        step_size,
+        steps,
+        ord=np.inf,
+        loss="ce",
+        random_start="uniform",
+        training=False,
+        stop_at_misclassification=False,
+        seed=None,
+    ):
+        self.eps = _positive_float("eps", eps)
+        self.step_size = _positive_float("step_size", step_size)
+        self.steps = _positive_int("steps", steps)
+        self.ord = projections.validate_ord(ord)
+        self.loss = loss
+        self.loss_fn = losses_lib.get(loss)
+        starts_lib.get(random_start)
+        self.random_start = random_start
+        self.training = _bool("training", training)
+        self.stop_at_misclassification = _bool("stop_at_misclassification", stop_at_misclassification)
+        self.seed = _seed(seed)
+        self._eager_function = None
+
+    @property
+    def requires_clean_logits(self) -> bool:
+        """Whether the loss reads the logits of the clean input."""
+        return losses_lib.requires_clean_logits(self.loss_fn)
+
+    def _components(self):
+        start = starts_lib.get(self.random_start)
+        return dict(
+            loss_fn=self.loss_fn,
+            step_fn=functools.partial(steps_lib.get(self.ord), step_size=self.step_size),
+            project_fn=functools.partial(projections.project, eps=self.eps, ord=self.ord),
+            start_fn=functools.partial(start, eps=self.eps, ord=self.ord, seed=self.seed),
+            steps=self.steps,
+            training=self.training,
+            stop_at_misclassification=self.stop_at_misclassification,
+            gradient_norm_ord=projections.dual_ord(self.ord),
+        )
+
+    def run(self, model, x, y, clean_logits=None) -> loop.AttackResult:
+        """Runs the attack and also returns the per-example maximum dual norm of the gradient.
+
+        Args:
+            model: a callable returning logits for inputs in [0, 1].
+            x: ``[batch, ...]`` inputs in [0, 1].
+            y: class ids or one-hot rows.
+            clean_logits: optional logits of ``x`` in the attack's mode.
+
+        Returns:
+            :class:`tfnorms.attacks.AttackResult` ``(adversarial, max_gradient_norm)``;
+            the gradient norm is l1 for l_inf attacks and l2 for l2 attacks.
+        """
+        if tf.executing_eagerly():
+            # An eager Python loop of forward/backward passes is slow; trace once per model and shape.
+            if self._eager_function is None:
+                self._eager_function = tf.function(self._run, reduce_retracing=True)
+            return self._eager_function(model, x, y, clean_logits)
+        return self._run(model, x, y, clean_logits)
+
+    def _run(self, model, x, y, clean_logits):
+        return loop.run(model, x, y, clean_logits=clean_logits, **self._components())
+
+    def __call__(self, model, x, y, clean_logits=None):
+        return self.run(model, x, y, clean_logits=clean_logits).adversarial
+
+    def __repr__(self):
+        config = ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
+        return f"{type(self).__name__}({config})"
+
+    def get_config(self):
+        """JSON-safe constructor arguments (``ord`` as ``"inf"`` / ``"2"``)."""
+        loss = self.loss if isinstance(self.loss, str) else keras.saving.serialize_keras_object(self.loss)
+        return {
+            "eps": self.eps,
+            "step_size": self.step_size,
+            "steps": self.steps,
+            "ord": projections.ord_to_config(self.ord),
+            "loss": loss,
+            "random_start": self.random_start,
+            "training": self.training,
+            "stop_at_misclassification": self.stop_at_misclassification,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("loss"), dict):
+            config["loss"] = keras.saving.deserialize_keras_object(config["loss"])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="tfnorms")
+class FGSM(PGD):
+    """Fast gradient sign method: one step of length ``eps`` from ``x`` (``PGD`` with ``steps=1``).
+
+    With ``ord=2`` it is the fast gradient method (one normalised step).
+
+    Args:
+        eps: radius of the threat model.
+        ord: ``numpy.inf`` or ``2``.
+        loss: as in :class:`PGD` (default cross-entropy).
+        random_start: as in :class:`PGD` (default ``None``).
+        training: as in :class:`PGD`.
+        seed: as in :class:`PGD`.
+
+    Example:
+        >>> FGSM(eps=8 / 255).steps
+        1
+    """
+
+    def __init__(self, eps, ord=np.inf, loss="ce", random_start=None, training=False, seed=None):
+        super().__init__(
+            eps=eps, step_size=eps, steps=1, ord=ord, loss=loss, random_start=random_start, training=training, seed=seed
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        for key in ("step_size", "steps", "stop_at_misclassification"):
+            config.pop(key)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfnorms")
+class CW(PGD):
+    """CW-l_inf as used for evaluation by Wu et al.: PGD on the CW margin loss (methods.md §3.1).
+
+    The objective is ``-max(z_y - max_{j != y} z_j + confidence, 0)`` with the
+    best wrong logit taken over ``j != y`` (the clean margin; see
+    :func:`tfnorms.attacks.losses.cw_margin` for how it differs from the
+    reference code's 0/1-mask).
+
+    Args:
+        eps: radius of the threat model (CW-20 of Wu et al.: ``CW(0.031, 0.007, 20)``).
+        step_size: step length per iteration.
+        steps: number of iterations.
+        ord: ``numpy.inf`` or ``2``.
+        confidence: the margin ``kappa`` >= 0 (0 in the papers).
+        random_start: as in :class:`PGD`.
+        training: as in :class:`PGD`.
+        stop_at_misclassification: as in :class:`PGD`.
+        seed: as in :class:`PGD`.
+
+    Example:
+        >>> CW(eps=0.031, step_size=0.007, steps=20).get_config()["confidence"]
+        0.0
+    """
+
+    def __init__(
+        self,
+        eps,
+        step_size,
+        steps,
+        ord=np.inf,
+        confidence=0.0,
+        random_start="uniform",
+        training=False,
+        stop_at_misclassification=False,
+        seed=None,
+    ):
+        self.confidence = _positive_float("confidence", confidence, allow_zero=True)
+        super().__init__(
+            eps=eps,
+            step_size=step_size,
+            steps=steps,
+            ord=ord,
+            loss="cw",
+            random_start=random_start,
+            training=training,
+            stop_at_misclassification=stop_at_misclassification,
+            seed=seed,
+        )
+        self.loss_fn = functools.partial(losses_lib.cw_margin, confidence=self.confidence)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("loss")
+        config["confidence"] = self.confidence
+        return config
