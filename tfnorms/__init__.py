@@ -11,6 +11,19 @@ __version__ = "0.1.0"
 from tfnorms import norms  # noqa: E402
 from tfnorms import attacks, metrics  # noqa: E402
 from tfnorms.training import AdversarialTrainer  # noqa: E402
+from tfnorms import callbacks, constraints, regularizers  # noqa: E402
+from tfnorms.constraints import MaxBatchNormNorm, MaxOperatorNorm, SingularValueClip  # noqa: E402
+from tfnorms.regularizers import NormDecay, NormDecayMomentum  # noqa: E402
 
 __all__ = ["norms", "__version__"]
 __all__ += ["AdversarialTrainer", "attacks", "metrics"]
+__all__ += [
+    "MaxBatchNormNorm",
+    "MaxOperatorNorm",
+    "NormDecay",
+    "NormDecayMomentum",
+    "SingularValueClip",
+    "callbacks",
+    "constraints",
+    "regularizers",
+]

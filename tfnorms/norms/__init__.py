@@ -37,6 +37,21 @@ from tfnorms.norms.spectral import (
     dense_spectral_norm,
 )
 
+from tfnorms.norms.clipping import (
+    clip_matrix_singular_values,
+    conv2d_clip_singular_values,
+    conv2d_clip_singular_values_reference,
+    dense_clip_singular_values,
+)
+from tfnorms.norms.estimates import conv2d_power_iteration, conv2d_spectral_norm_bound
+from tfnorms.norms.projections import (
+    batch_norm_project_gamma,
+    max_group_mask,
+    project_l1_ball,
+    project_max_group,
+    project_operator_norm,
+)
+
 __all__ = [
     "SUPPORTED_LAYERS",
     "batch_norm_norm",
@@ -54,4 +69,18 @@ __all__ = [
     "model_norms",
     "unsupported_layers",
     "validate_ord",
+]
+
+__all__ += [
+    "batch_norm_project_gamma",
+    "clip_matrix_singular_values",
+    "conv2d_clip_singular_values",
+    "conv2d_clip_singular_values_reference",
+    "conv2d_power_iteration",
+    "conv2d_spectral_norm_bound",
+    "dense_clip_singular_values",
+    "max_group_mask",
+    "project_l1_ball",
+    "project_max_group",
+    "project_operator_norm",
 ]
