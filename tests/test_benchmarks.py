@@ -22,3 +22,18 @@ def test_norm_speed_quick(tmp_path):
     methods = {row["method"] for row in result["rows"]}
     assert {"ours_l1", "ours_linf", "fft_svd", "power_iteration", "ours_all_l1_linf"} <= methods
     assert all(row["median_seconds"] > 0 for row in result["rows"])
+
+
+def test_regularizer_overhead_quick(tmp_path):
+    result = run_benchmark("regularizer_overhead", tmp_path)
+    step_names = {row["name"] for row in result["step_time"]}
+    assert {"none", "l2", "norm_decay_l1", "norm_decay_linf", "norm_decay_momentum"} <= step_names
+    assert {row["name"] for row in result["svc_pass"]} >= {"reference", "ours_gram"}
+    assert all(row["median_seconds"] > 0 for row in result["step_time"] + result["svc_pass"])
+
+
+def test_train_step_throughput_quick(tmp_path):
+    result = run_benchmark("train_step_throughput", tmp_path)
+    names = {row["implementation"] for row in result["rows"]}
+    assert {"tfnorms_float32", "tfnorms_mixed_bfloat16"} <= names
+    assert all(row["images_per_second"] > 0 for row in result["rows"])
