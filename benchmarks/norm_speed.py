@@ -102,6 +102,7 @@ def wrn_all_norms_seconds(depth, width, repeats):
 
 def main(argv):
     del argv
+    tf.get_logger().setLevel("ERROR")  # one tf.function per shape and method: retracing is expected
     rng = np.random.default_rng(0)
     shapes = PAPER_SHAPES[:2] if FLAGS.quick else PAPER_SHAPES
     repeats = 5 if FLAGS.quick else FLAGS.repeats
