@@ -194,8 +194,7 @@ def run(extra_callbacks=()):
     size = dict(image_size=FLAGS.image_size) if FLAGS.dataset == "digits" else {}
     train_ds = data.load(FLAGS.dataset, "train", batch_size=FLAGS.batch_size, data_dir=FLAGS.data_dir,
                          seed=FLAGS.seed, **size)
-    test_ds = data.load(FLAGS.dataset, "test", batch_size=FLAGS.batch_size, data_dir=FLAGS.data_dir,
-                        drop_remainder=True, **size)
+    test_ds = data.load(FLAGS.dataset, "test", batch_size=FLAGS.batch_size, data_dir=FLAGS.data_dir, **size)
     val_ds = None
     if FLAGS.val_examples:
         val_ds = test_ds.take(max(1, FLAGS.val_examples // FLAGS.batch_size))

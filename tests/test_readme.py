@@ -10,3 +10,13 @@ def test_readme_python_examples_run():
     assert blocks, "README has no python example"
     for block in blocks:
         exec(compile(block, str(readme), "exec"), {"__name__": "readme_example"})
+
+
+def test_readme_lists_every_flag_of_the_main_example():
+    root = pathlib.Path(__file__).resolve().parents[1]
+    source = (root / "examples" / "trades_cifar.py").read_text()
+    flags = re.findall(r'flags\.DEFINE_\w+\(\s*"(\w+)"', source)
+    assert len(flags) > 20
+    readme = (root / "README.md").read_text()
+    missing = [name for name in flags if f"`--{name}`" not in readme]
+    assert not missing, f"flags missing from the README: {missing}"

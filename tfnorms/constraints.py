@@ -158,7 +158,11 @@ class MaxOperatorNorm(keras.constraints.Constraint):
         max_value: the bound (> 0).
         ord: ``1`` or ``numpy.inf`` (or ``"inf"``), or both as a list.
         mode: ``"all"`` or ``"max_group"``.
-        input_shape, strides, padding, dilation_rate, groups: conv geometry.
+        input_shape: conv geometry, as in :class:`tfnorms.NormDecay`.
+        strides: conv geometry.
+        padding: conv geometry.
+        dilation_rate: conv geometry.
+        groups: conv geometry.
 
     Example:
         >>> import keras, numpy as np, tfnorms

@@ -31,8 +31,8 @@ def piecewise_learning_rate(
 
     Example:
         >>> schedule = piecewise_learning_rate(0.1, steps_per_epoch=10, milestones=(3, 5))
-        >>> [round(float(schedule(step)), 4) for step in (0, 19, 20, 39, 40)]
-        [0.1, 0.1, 0.01, 0.01, 0.001]
+        >>> tuple(round(float(schedule(step)), 4) for step in (0, 19, 20, 39, 40))
+        (0.1, 0.1, 0.01, 0.01, 0.001)
     """
     if base_lr <= 0:
         raise ValueError(f"Invalid value for argument `base_lr`. Expected > 0. Received: base_lr={base_lr!r}")
@@ -47,7 +47,7 @@ def piecewise_learning_rate(
             f"Received: milestones={milestones!r}"
         )
     if not milestones:
-        return keras.optimizers.schedules.PiecewiseConstantDecay([0], [base_lr, base_lr])
+        return float(base_lr)
     # PiecewiseConstantDecay keeps values[k] while step <= boundaries[k]; step counts
     # the updates already applied, so epoch m (1-based) starts at step (m-1)*steps_per_epoch.
     boundaries = [(m - 1) * steps_per_epoch - 1 for m in milestones]

@@ -153,7 +153,10 @@ def column_masks(n, k: int, s: int, d: int, padding: PaddingSpec) -> np.ndarray:
         n: input length, or ``None`` for the large-input closed form (the
             stride residue classes ``{r : r*d = c (mod s)}``), which is exact as
             soon as one input element is touched by a whole class.
-        k, s, d, padding: see :func:`axis_padding`.
+        k: kernel size.
+        s: stride.
+        d: dilation.
+        padding: see :func:`axis_padding`.
 
     Returns:
         A ``(num_sets, k)`` 0/1 float64 matrix.

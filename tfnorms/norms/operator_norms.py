@@ -99,8 +99,11 @@ def conv2d_group_sums(
     Args:
         kernel: Conv2D kernel ``(kh, kw, c_in // groups, c_out)``.
         ord: ``1`` or ``numpy.inf``.
-        input_shape, strides, padding, dilation_rate, groups: as in
-            :func:`conv2d_l1_norm`.
+        input_shape: as in :func:`conv2d_l1_norm`.
+        strides: as in :func:`conv2d_l1_norm`.
+        padding: as in :func:`conv2d_l1_norm`.
+        dilation_rate: as in :func:`conv2d_l1_norm`.
+        groups: as in :func:`conv2d_l1_norm`.
 
     Returns:
         A tensor ``(num_sets_h, num_sets_w, channels)``: for ``ord=1`` the
