@@ -392,3 +392,7 @@ class LayerNormLogger(keras.callbacks.Callback):
             "power_iterations": self.power_iterations,
             "jit_compile": self.jit_compile,
         }
+
+from tfnorms.war import WidthAdjustedRegularization  # noqa: E402  (ratio-matching lambda schedule)
+
+__all__ += ["WidthAdjustedRegularization"]
