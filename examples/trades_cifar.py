@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfnorms  # noqa: E402
-from tfnorms import attacks, callbacks, data, metrics, models, optimization, regularizers  # noqa: E402
+from tfnorms import attacks, callbacks, data, experiments, metrics, optimization, regularizers  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -53,6 +53,8 @@ flags.DEFINE_integer("eval_steps", 20, "Steps of the PGD / CW evaluation attacks
 flags.DEFINE_float("eval_step_size", 0.007, "Step size of the evaluation attacks.")
 flags.DEFINE_integer("val_examples", 1000, "Test examples evaluated (clean + PGD) after every epoch; 0 = none.")
 flags.DEFINE_integer("eval_examples", 0, "Test examples in the final evaluation; 0 = the whole test set.")
+flags.DEFINE_enum("final_eval", "pgd", ["pgd", "autoattack"],
+                  "Final evaluation: PGD and CW only, or also AutoAttack (standard version; slow on CPU).")
 flags.DEFINE_bool("natural_twin", False, "Also train and evaluate a naturally trained twin.")
 # Optimisation.
 flags.DEFINE_integer("epochs", 100, "Training epochs.")
@@ -100,14 +102,6 @@ def make_strategy(kind):
     return tf.distribute.get_strategy()
 
 
-def build_classifier(info):
-    if FLAGS.model == "wrn":
-        return models.wide_resnet(FLAGS.depth, FLAGS.width, info.num_classes, info.image_shape)
-    if FLAGS.model == "preact_resnet18":
-        return models.preact_resnet18(info.num_classes, info.image_shape)
-    return models.small_cnn(info.num_classes, info.image_shape, width=FLAGS.width)
-
-
 def add_norm_control(model):
     """Norm decay regularizers on every Conv2D/Dense kernel, configured from the model."""
     if FLAGS.norm_decay_ord == "none":
@@ -129,11 +123,6 @@ def make_optimizer(steps_per_epoch):
     return optimizer
 
 
-def train_attack(method):
-    loss = "kl" if method == "trades" else "ce"
-    return attacks.PGD(FLAGS.eps, FLAGS.step_size, FLAGS.attack_steps, loss=loss, random_start="normal")
-
-
 def eval_attacks():
     return {
         f"pgd{FLAGS.eval_steps}": attacks.PGD(FLAGS.eps, FLAGS.eval_step_size, FLAGS.eval_steps, random_start="uniform", seed=FLAGS.seed),
@@ -145,7 +134,7 @@ def train(method, log_dir, train_ds, val_ds, info, strategy, extra_callbacks=())
     """Trains one classifier with ``method``; returns it (resuming from ``log_dir`` if interrupted)."""
     steps_per_epoch = int(train_ds.cardinality())
     with strategy.scope():
-        classifier = build_classifier(info)
+        classifier = experiments.build_classifier(FLAGS.model, info, FLAGS.depth, FLAGS.width)
         add_norm_control(classifier)
         optimization.add_coupled_weight_decay(classifier, FLAGS.weight_decay)
         if method == "natural":
@@ -157,8 +146,9 @@ def train(method, log_dir, train_ds, val_ds, info, strategy, extra_callbacks=())
         else:
             beta = FLAGS.beta if method != "pgd" else None
             eval_attack = attacks.PGD(FLAGS.eps, FLAGS.eval_step_size, FLAGS.eval_steps, seed=FLAGS.seed)
+            attack = experiments.training_attack(method, FLAGS.eps, FLAGS.step_size, FLAGS.attack_steps)
             model = tfnorms.AdversarialTrainer(
-                classifier, method=method, beta=beta, attack=train_attack(method), eval_attack=eval_attack
+                classifier, method=method, beta=beta, attack=attack, eval_attack=eval_attack
             )
             model.compile(make_optimizer(steps_per_epoch), jit_compile=FLAGS.jit)
     fit_callbacks = [
@@ -174,13 +164,17 @@ def train(method, log_dir, train_ds, val_ds, info, strategy, extra_callbacks=())
 
 
 def evaluate(classifier, test_ds):
-    """Clean accuracy, robust accuracy and stability under PGD and CW on ``test_ds``."""
+    """Clean accuracy, robust accuracy and stability under PGD and CW (and AutoAttack) on ``test_ds``."""
     results = {}
     for name, attack in eval_attacks().items():
         scores = metrics.evaluate_robustness(classifier, test_ds, attack=attack)
         results["clean_accuracy"] = scores["clean_accuracy"]
         results[f"{name}_robust_accuracy"] = scores["robust_accuracy"]
         results[f"{name}_stability"] = scores["stability"]
+    if FLAGS.final_eval == "autoattack":
+        evaluation = attacks.AutoAttack(FLAGS.eps, seed=FLAGS.seed).evaluate(classifier, test_ds, dataset=FLAGS.dataset)
+        results["autoattack_robust_accuracy"] = evaluation.robust_accuracy
+        results["autoattack"] = evaluation.report
     results["examples"] = int(sum(int(tf.shape(y)[0]) for _, y in test_ds))
     return results
 

@@ -4,7 +4,10 @@ Public attacks (callables ``attack(model, x, y) -> x_adv``):
 
 * :class:`PGD` -- projected gradient ascent, l_inf or l2, any loss;
 * :class:`FGSM` -- one step of size ``eps``;
-* :class:`CW` -- CW-l_inf: PGD on the CW margin loss.
+* :class:`CW` -- CW-l_inf: PGD on the CW margin loss;
+* :class:`APGD` -- Auto-PGD (CE, DLR, targeted APGD-T), :class:`FAB` (FAB-T),
+  :class:`Square` -- the attacks of :class:`AutoAttack` (standard / rand /
+  custom cascade with sanity checks and a JSON report).
 
 Components, reusable by further attacks (APGD, FAB, Square):
 
@@ -31,5 +34,11 @@ Example:
 from tfnorms.attacks import loop, losses, projections, starts, steps
 from tfnorms.attacks.loop import AttackResult
 from tfnorms.attacks.pgd import CW, FGSM, PGD
+from tfnorms.attacks.apgd import APGD, APGDResult, checkpoint_schedule
+from tfnorms.attacks.fab import FAB, FABResult
+from tfnorms.attacks.square import Square, SquareResult, square_fraction
+from tfnorms.attacks.autoattack import AutoAttack, AutoAttackResult, AutoAttackWarning
 
 __all__ = ["AttackResult", "CW", "FGSM", "PGD", "loop", "losses", "projections", "starts", "steps"]
+__all__ += ["APGD", "APGDResult", "AutoAttack", "AutoAttackResult", "AutoAttackWarning", "FAB", "FABResult"]
+__all__ += ["Square", "SquareResult", "checkpoint_schedule", "square_fraction"]

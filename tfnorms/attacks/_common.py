@@ -1,0 +1,93 @@
+"""Shared plumbing of the AutoAttack components (APGD, FAB, Square): labels, seeds, validation.
+
+Each of these attacks is a compiled single run (``tf.function``, fixed trip
+count, per-example state in tensors) driven by a short Python loop over
+restarts / target classes that re-runs only the points still robust, as the
+reference does (methods.md §5.2).
+"""
+
+from __future__ import annotations
+
+import numbers
+import secrets
+
+import numpy as np
+import tensorflow as tf
+
+from tfnorms.attacks import loop
+
+
+def class_ids(labels, num_classes: int) -> tf.Tensor:
+    """``[batch]`` int32 class ids from class ids (``[batch]``, ``[batch, 1]``) or one-hot rows."""
+    labels = tf.convert_to_tensor(labels)
+    if labels.shape.rank == 2 and labels.shape[-1] == num_classes and num_classes > 1:
+        return tf.cast(tf.argmax(labels, axis=-1), tf.int32)
+    return tf.cast(tf.reshape(labels, [-1]), tf.int32)
+
+
+def logits(model, x) -> tf.Tensor:
+    """Float32 logits in inference mode (pitfalls.md: attacks never run BN in training mode)."""
+    return loop.logits_in_float32(model, x, training=False)
+
+
+def fresh_seed() -> int:
+    """A random 31-bit seed (used when an attack is built with ``seed=None``)."""
+    return secrets.randbits(31)
+
+
+def seed_pair(seed: int, salt: int) -> tf.Tensor:
+    """The ``[2]`` int32 seed of a stateless random op for one run of an attack."""
+    return tf.constant([int(seed) % (2**31 - 1), int(salt) % (2**31 - 1)], tf.int32)
+
+
+def broadcast(values: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+    """Expands a ``[batch]`` tensor to broadcast against ``[batch, ...]`` inputs (keeps static shapes)."""
+    for _ in range(like.shape.rank - 1):
+        values = tf.expand_dims(values, -1)
+    return values
+
+
+def positive_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected an int >= {minimum}. Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+def float_in(name, value, low, high, low_open=True, high_open=False):
+    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok = is_number and np.isfinite(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"Invalid value for argument `{name}`. Expected a float in {interval}. Received: {name}={value!r}")
+    return float(value)
+
+
+def subset_indices(still_robust: tf.Tensor) -> tf.Tensor:
+    """Indices of the points to run an attack on: the ones still robust (eagerly) or all (in a graph).
+
+    Inside a ``tf.function`` the subset could be empty, and TensorFlow's CPU
+    convolution gradients fail on empty batches; there every point is re-run
+    and callers merge results only where ``still_robust`` holds.
+    """
+    if tf.executing_eagerly():
+        return tf.cast(tf.reshape(tf.where(still_robust), [-1]), tf.int32)
+    return tf.range(tf.shape(still_robust)[0])
+
+
+def scatter(values: tf.Tensor, indices: tf.Tensor, updates: tf.Tensor) -> tf.Tensor:
+    """``values`` with rows ``indices`` replaced by ``updates``."""
+    return tf.tensor_scatter_nd_update(values, indices[:, None], updates)
+
+
+def nothing_left(indices: tf.Tensor) -> bool:
+    """True when running eagerly and no point is left (saves whole runs; in graph mode runs stay)."""
+    return tf.executing_eagerly() and int(tf.size(indices)) == 0
+
+
+def keep_shapes(new, old):
+    """``new`` loop variables with the static shapes of ``old`` (a ``tf.while_loop`` needs them unchanged)."""
+    return tf.nest.map_structure(lambda n, o: tf.ensure_shape(n, o.shape), new, old)

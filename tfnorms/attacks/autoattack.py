@@ -1,0 +1,441 @@
+"""AutoAttack (Croce & Hein 2020), standard l_inf version, native TensorFlow, with sanity checks.
+
+The standard version runs APGD-CE, APGD-T (9 targets), FAB-T (9 targets) and
+Square (5000 queries) **in cascade**: each attack only sees the points that
+are still classified correctly, and a point is robust only if it survives all
+four (methods.md §5.1). Every adversarial example an attack returns is
+projected onto the threat model and re-checked with a separate forward pass
+before it counts, so the reported robust accuracy is that of points
+verified to be in the eps-ball, in [0, 1] and misclassified.
+
+Example:
+    >>> import numpy as np, keras
+    >>> from tfnorms.attacks import AutoAttack
+    >>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    >>> x = np.random.rand(8, 8, 8, 1).astype("float32"); y = np.arange(8)
+    >>> evaluation = AutoAttack(eps=8 / 255, version="custom", attacks=["apgd-ce"], seed=0,
+    ...                         verbose=0).evaluate(model, x, y)
+    >>> evaluation.robust_accuracy <= evaluation.clean_accuracy
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import warnings
+from typing import Dict, List, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfnorms.attacks import _common, losses, projections
+from tfnorms.attacks.apgd import APGD
+from tfnorms.attacks.fab import FAB
+from tfnorms.attacks.pgd import _positive_float, _seed
+from tfnorms.attacks.square import Square
+
+VERSIONS = ("standard", "rand", "custom")
+ATTACK_NAMES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
+STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
+RAND_ATTACKS = ("apgd-ce", "apgd-dlr")
+_BALL_TOLERANCE = 1e-6
+_SQUARE_ALPHA = 0.002  # the reference's threshold for the Square flag (a share of all points)
+
+
+class AutoAttackWarning(UserWarning):
+    """A sanity check of :class:`AutoAttack` failed: the evaluation may overstate robustness."""
+
+
+@dataclasses.dataclass
+class AutoAttackResult:
+    """Per-point results and the report of one :meth:`AutoAttack.evaluate` call.
+
+    Attributes:
+        clean_correct: ``[n]`` bool, the clean point is classified correctly.
+        robust: ``[n]`` bool, correct at the clean point and no attack broke it.
+        broken_by: ``[n]`` str, the attack that broke the point (``"clean"`` if
+            misclassified without attack, ``""`` if robust).
+        adversarial: ``[n, ...]`` float32, the verified adversarial example
+            where a point was broken, the clean input otherwise.
+        report: the JSON-safe report (see :meth:`AutoAttack.evaluate`).
+    """
+
+    clean_correct: np.ndarray
+    robust: np.ndarray
+    broken_by: np.ndarray
+    adversarial: np.ndarray
+    report: Dict
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float(self.clean_correct.mean())
+
+    @property
+    def robust_accuracy(self) -> float:
+        return float(self.robust.mean())
+
+    @property
+    def flags(self) -> List[str]:
+        return list(self.report["flags"])
+
+    def to_json(self, path: str) -> None:
+        """Writes :attr:`report` to ``path``."""
+        with open(path, "w") as f:
+            json.dump(self.report, f, indent=2)
+
+
+def _materialize(x, y):
+    if isinstance(x, tf.data.Dataset):
+        if y is not None:
+            raise ValueError("Invalid value for argument `y`. Expected None when `x` is a tf.data.Dataset of (x, y).")
+        xs, ys = [], []
+        for x_batch, y_batch in x:
+            xs.append(np.asarray(x_batch, np.float32))
+            ys.append(np.asarray(y_batch))
+        if not xs:
+            raise ValueError("Invalid value for argument `x`. Expected a non-empty data set.")
+        x, y = np.concatenate(xs), np.concatenate(ys)
+    elif y is None:
+        raise ValueError("Invalid value for argument `y`. Expected labels for the arrays in `x`. Received: y=None")
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y)
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(
+            f"Invalid value for arguments `x`, `y`. Expected as many labels as inputs (at least one). "
+            f"Received: {len(x)} inputs and {len(y)} labels"
+        )
+    if x.min() < 0.0 or x.max() > 1.0:
+        raise ValueError(
+            f"Invalid value for argument `x`. Expected images in [0, 1]. Received values in [{x.min()}, {x.max()}]"
+        )
+    return x, y
+
+
+@keras.saving.register_keras_serializable(package="tfnorms")
+class AutoAttack:
+    """AutoAttack l_inf: a cascade of attacks, per-point results, robust accuracy, sanity flags and a report.
+
+    Versions (methods.md §5.1):
+
+    * ``"standard"``: APGD-CE (100 iterations, 1 restart), APGD-T (targeted
+      DLR, 9 target classes), FAB-T (9 target classes), Square (5000 queries).
+    * ``"rand"``: for randomised models, APGD-CE and APGD-DLR with gradients
+      averaged over 20 forward passes (EOT), 1 restart each.
+    * ``"custom"``: the attacks in ``attacks``: names from
+      ``"apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square"`` or attack
+      objects (:class:`APGD`, :class:`FAB`, :class:`Square`, :class:`PGD`, or
+      any callable ``attack(model, x, y) -> x_adv``).
+
+    Sanity checks (as the reference's flags): outputs that look like
+    probabilities (rows >= 0 summing to 1: pass logits), randomness in the
+    forward pass (use ``version="rand"``), points with a zero input gradient
+    (gradient masking), Square breaking more than 0.2% of the points after the
+    white-box attacks failed on them (gradient masking), and fewer classes
+    than targets. Each failed check emits an :class:`AutoAttackWarning` and is
+    listed in the report's ``"flags"``.
+
+    Args:
+        eps: l_inf radius (e.g. ``8 / 255`` or ``0.031``).
+        version: ``"standard"``, ``"rand"`` or ``"custom"``.
+        attacks: the attack list of ``version="custom"`` (must be ``None`` otherwise).
+        seed: an int for a reproducible evaluation. ``None`` draws a seed,
+            which is recorded in the report so the run can be repeated.
+        batch_size: points per attack call.
+        n_iter: iterations of APGD and FAB (100 in the standard version).
+        n_queries: queries of Square (5000 in the standard version). Smaller
+            budgets give a weaker evaluation; the report records both.
+        verbose: 1 shows a progress bar per attack, 0 is silent.
+
+    Example:
+        >>> AutoAttack(eps=8 / 255).attack_names
+        ['apgd-ce', 'apgd-t', 'fab-t', 'square']
+    """
+
+    def __init__(
+        self,
+        eps,
+        version="standard",
+        attacks=None,
+        seed=None,
+        batch_size=256,
+        n_iter=100,
+        n_queries=5000,
+        verbose=1,
+    ):
+        self.eps = _positive_float("eps", eps)
+        if version not in VERSIONS:
+            raise ValueError(
+                f"Invalid value for argument `version`. Expected one of 'standard', 'rand', 'custom'. "
+                f"Received: version={version!r}"
+            )
+        self.version = version
+        if version != "custom" and attacks is not None:
+            raise ValueError(
+                "Invalid value for argument `attacks`. Expected None unless version='custom' (the standard and "
+                f"rand versions have fixed attack lists). Received: attacks={attacks!r} with version={version!r}"
+            )
+        if version == "custom":
+            if not attacks or isinstance(attacks, (str, bytes)):
+                raise ValueError(
+                    "Invalid value for argument `attacks`. Expected a non-empty list of attack names "
+                    f"{', '.join(repr(n) for n in ATTACK_NAMES)} or attack objects for version='custom'. "
+                    f"Received: attacks={attacks!r}"
+                )
+            for attack in attacks:
+                if isinstance(attack, str) and attack not in ATTACK_NAMES:
+                    raise ValueError(
+                        f"Invalid value for argument `attacks`. Expected names from "
+                        f"{', '.join(repr(n) for n in ATTACK_NAMES)} or attack objects. Received: {attack!r}"
+                    )
+                if not isinstance(attack, str) and not callable(attack):
+                    raise ValueError(
+                        f"Invalid value for argument `attacks`. Expected names or callables "
+                        f"`attack(model, x, y) -> x_adv`. Received: {attack!r}"
+                    )
+            attacks = list(attacks)
+        self.attacks = attacks
+        self.seed = _seed(seed)
+        self.batch_size = _common.positive_int("batch_size", batch_size)
+        self.n_iter = _common.positive_int("n_iter", n_iter)
+        self.n_queries = _common.positive_int("n_queries", n_queries)
+        if verbose not in (0, 1, 2, True, False):
+            raise ValueError(f"Invalid value for argument `verbose`. Expected 0, 1 or 2. Received: verbose={verbose!r}")
+        self.verbose = int(verbose)
+        self._clean_pass = tf.function(self._clean_outputs, reduce_retracing=True)
+        self._predict = tf.function(lambda model, x: tf.argmax(_common.logits(model, x), axis=-1), reduce_retracing=True)
+
+    # ------------------------------------------------------------------ attacks
+    def _build(self, name):
+        eps, n_iter = self.eps, self.n_iter
+        if name == "apgd-ce":
+            return APGD(eps, "ce", n_iter=n_iter, eot_iter=20 if self.version == "rand" else 1)
+        if name == "apgd-dlr":
+            return APGD(eps, "dlr", n_iter=n_iter, eot_iter=20 if self.version == "rand" else 1)
+        if name == "apgd-t":
+            return APGD(eps, "dlr", targeted=True, n_iter=n_iter, n_target_classes=9)
+        if name == "fab-t":
+            return FAB(eps, n_target_classes=9, n_iter=n_iter)
+        return Square(eps, n_queries=self.n_queries, p_init=0.8)
+
+    def _attack_list(self):
+        # Built once and reused, so their compiled runs are traced once per model and shape.
+        if getattr(self, "_attack_cache", None) is None:
+            self._attack_cache = self._make_attack_list()
+        return self._attack_cache
+
+    def _make_attack_list(self):
+        if self.version == "standard":
+            items = list(STANDARD_ATTACKS)
+        elif self.version == "rand":
+            items = list(RAND_ATTACKS)
+        else:
+            items = self.attacks
+        named, seen = [], {}
+        for item in items:
+            attack = self._build(item) if isinstance(item, str) else item
+            name = item if isinstance(item, str) else getattr(attack, "name", type(attack).__name__.lower())
+            seen[name] = seen.get(name, 0) + 1
+            named.append((name if seen[name] == 1 else f"{name}_{seen[name]}", attack))
+        return named
+
+    @property
+    def attack_names(self) -> List[str]:
+        """Names of the attacks run, in cascade order."""
+        return [name for name, _ in self._attack_list()]
+
+    # ------------------------------------------------------------------ checks
+    @staticmethod
+    def _clean_outputs(model, x, y):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            outputs = _common.logits(model, x)
+            loss = tf.reduce_sum(losses.cross_entropy(outputs, y))
+        gradient = tape.gradient(loss, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return outputs, projections.per_example_norm(gradient, 1)
+
+    def _flag(self, flags, message):
+        if message in flags:  # e.g. the same attack on several batches
+            return
+        flags.append(message)
+        warnings.warn(f"AutoAttack sanity check: {message}", AutoAttackWarning, stacklevel=3)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, model, x, y=None, *, model_name: Optional[str] = None, dataset: Optional[str] = None):
+        """Runs the cascade on a whole data set, in batches.
+
+        Args:
+            model: a callable returning **logits** for inputs in [0, 1]
+                (``keras.Model``; called with ``training=False``).
+            x: ``[n, H, W, C]`` inputs in [0, 1], or a ``tf.data.Dataset`` of
+                batched ``(x, y)`` (materialised in memory).
+            y: class ids (or one-hot rows) for array inputs.
+            model_name: name in the report (default: ``model.name``).
+            dataset: data set name in the report.
+
+        Returns:
+            An :class:`AutoAttackResult`. Its ``report`` holds, in the field
+            names of RobustBench's model cards, ``name``, ``dataset``,
+            ``threat_model``, ``eps``, ``clean_acc`` and ``autoattack_acc``
+            (percent, two decimals, as strings), plus ``clean_accuracy`` and
+            ``robust_accuracy`` (fractions), ``robust_accuracy_per_attack``
+            (after each attack of the cascade), ``points_broken_per_attack``,
+            ``seconds_per_attack``, ``version``, ``attacks`` (their configs),
+            ``n_points``, ``seed``, ``flags`` and ``seconds``.
+        """
+        start_time = time.time()
+        x, y = _materialize(x, y)
+        seed = self.seed if self.seed is not None else _common.fresh_seed()
+        n = len(x)
+        bs = self.batch_size
+        flags: List[str] = []
+
+        num_classes = int(_common.logits(model, tf.constant(x[:1])).shape[-1])
+        labels = _common.class_ids(y, num_classes).numpy()
+        outputs, gradient_norms = [], []
+        for start in range(0, n, bs):
+            out, grad = self._clean_pass(model, tf.constant(x[start:start + bs]), tf.constant(labels[start:start + bs]))
+            outputs.append(out.numpy())
+            gradient_norms.append(grad.numpy())
+        clean_outputs = np.concatenate(outputs)
+        gradient_norms = np.concatenate(gradient_norms)
+
+        if (clean_outputs.min() >= 0.0 and clean_outputs.max() <= 1.0
+                and np.all(np.abs(clean_outputs.sum(-1) - 1.0) <= 1e-5)):
+            self._flag(flags, "the model outputs look like probabilities (non-negative rows summing to 1). "
+                              "Attacks need logits: remove the final softmax.")
+        if self.version != "rand":
+            first = x[:bs]
+            repeats = [np.asarray(_common.logits(model, tf.constant(first))) for _ in range(2)] + [clean_outputs[:bs]]
+            normalised = [r / (np.linalg.norm(r, axis=-1, keepdims=True) + 1e-10) for r in repeats]
+            differences = max(np.abs(a - b).max() for a in normalised for b in normalised)
+            predictions_differ = any((a.argmax(-1) != repeats[0].argmax(-1)).any() for a in repeats)
+            if differences > 1e-4 or predictions_differ:
+                self._flag(flags, "two forward passes on the same inputs differ: the model is randomised "
+                                  "(or runs dropout / batch statistics at inference). Use version='rand'.")
+        clean_correct = clean_outputs.argmax(-1) == labels
+        zero_gradient = int(np.sum(np.logical_and(gradient_norms == 0.0, clean_correct)))
+        if zero_gradient:
+            self._flag(flags, f"{zero_gradient} correctly classified points have a zero input gradient; "
+                              "gradient-based attacks are unreliable on them (gradient masking).")
+
+        attack_list = self._attack_list()
+        targeted = [name for name, attack in attack_list if getattr(attack, "n_target_classes", None)]
+        if targeted and num_classes - 1 < 9:
+            self._flag(flags, f"the model has {num_classes} classes, fewer than 9 + 1: the targeted attacks "
+                              f"({', '.join(targeted)}) use {num_classes - 1} target classes.")
+
+        robust = clean_correct.copy()
+        broken_by = np.where(clean_correct, "", "clean").astype(object)
+        adversarial = x.copy()
+        robust_after, broken_count, seconds = {}, {}, {}
+        if self.verbose:
+            print(f"AutoAttack ({self.version}, eps={self.eps:.5g}, seed={seed}) on {n} points: "
+                  f"clean accuracy {clean_correct.mean():.2%}")
+        for attack_index, (name, attack) in enumerate(attack_list):
+            attack_start = time.time()
+            indices = np.flatnonzero(robust)
+            broken_count[name] = 0
+            if isinstance(attack, APGD) and attack.targeted and attack.loss == "dlr" and num_classes < 4:
+                self._flag(flags, f"{name} skipped: the targeted DLR loss needs at least 4 classes.")
+                continue
+            progress = keras.utils.Progbar(len(indices), verbose=self.verbose, unit_name="point") if self.verbose else None
+            if self.verbose:
+                print(f"{name}: {len(indices)} points left")
+            for batch_number, start in enumerate(range(0, len(indices), bs)):
+                batch = indices[start:start + bs]
+                xb, yb = tf.constant(x[batch]), tf.constant(labels[batch])
+                call_seed = seed + 1_000_003 * (attack_index + 1) + batch_number
+                if isinstance(attack, (APGD, FAB, Square)):
+                    candidate = attack.run(model, xb, yb, seed=call_seed).adversarial
+                else:
+                    candidate = attack(model, xb, yb)
+                candidate = np.asarray(candidate, np.float32).reshape(xb.shape)
+                # Verify: inside the eps-ball and [0, 1] (projection only removes float round-off), then misclassified.
+                projected = projections.project(candidate, xb, self.eps, np.inf).numpy()
+                if np.abs(projected - candidate).max() > _BALL_TOLERANCE:
+                    self._flag(flags, f"{name} returned points outside the eps-ball or [0, 1]; they were projected "
+                                      "back before checking.")
+                fooled = self._predict(model, tf.constant(projected)).numpy() != labels[batch]
+                broken = batch[fooled]
+                robust[broken] = False
+                broken_by[broken] = name
+                adversarial[broken] = projected[fooled]
+                broken_count[name] += int(fooled.sum())
+                if progress is not None:
+                    progress.add(len(batch), values=[("robust_accuracy", float(robust.mean()))])
+            robust_after[name] = float(robust.mean())
+            seconds[name] = round(time.time() - attack_start, 3)
+            if self.verbose:
+                print(f"robust accuracy after {name}: {robust.mean():.2%} ({seconds[name]:.1f} s)")
+
+        if "square" in robust_after and len(robust_after) >= 2:
+            names = list(robust_after)
+            before_square = robust_after[names[names.index("square") - 1]] if names.index("square") > 0 else None
+            if before_square is not None and robust_after["square"] < before_square - _SQUARE_ALPHA:
+                self._flag(flags, f"Square, a black-box attack, broke {broken_count['square']} points "
+                                  f"({before_square - robust_after['square']:.2%}) on which the white-box attacks "
+                                  "failed: the gradients are likely masked or obfuscated.")
+
+        robust_accuracy = float(robust.mean())
+        report = {
+            "name": model_name or getattr(model, "name", type(model).__name__),
+            "dataset": dataset,
+            "threat_model": "Linf",
+            "eps": self.eps,
+            "clean_acc": f"{100 * clean_correct.mean():.2f}",
+            "autoattack_acc": f"{100 * robust_accuracy:.2f}",
+            "clean_accuracy": float(clean_correct.mean()),
+            "robust_accuracy": robust_accuracy,
+            "robust_accuracy_per_attack": robust_after,
+            "points_broken_per_attack": broken_count,
+            "seconds_per_attack": seconds,
+            "version": self.version,
+            "attacks": [
+                {"name": name, "config": attack.get_config() if hasattr(attack, "get_config") else repr(attack)}
+                for name, attack in attack_list
+            ],
+            "n_iter": self.n_iter,
+            "n_queries": self.n_queries,
+            "n_points": n,
+            "seed": seed,
+            "flags": flags,
+            "seconds": round(time.time() - start_time, 3),
+            "library": "tfnorms",
+            "tensorflow": tf.__version__,
+        }
+        return AutoAttackResult(clean_correct, robust, broken_by.astype(str), adversarial, report)
+
+    def __call__(self, model, x, y):
+        """Adversarial examples (clean input where no attack succeeded); runs eagerly."""
+        return self.evaluate(model, x, y).adversarial
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"
+
+    def get_config(self):
+        """JSON-safe constructor arguments (custom attack objects serialised with Keras)."""
+        attacks = None
+        if self.attacks is not None:
+            attacks = [a if isinstance(a, str) else keras.saving.serialize_keras_object(a) for a in self.attacks]
+        return {
+            "eps": self.eps,
+            "version": self.version,
+            "attacks": attacks,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "n_iter": self.n_iter,
+            "n_queries": self.n_queries,
+            "verbose": self.verbose,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if config.get("attacks") is not None:
+            config["attacks"] = [
+                a if isinstance(a, str) else keras.saving.deserialize_keras_object(a) for a in config["attacks"]
+            ]
+        return cls(**config)

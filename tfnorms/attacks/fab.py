@@ -1,0 +1,256 @@
+"""FAB-T, the targeted l_inf fast adaptive boundary attack of AutoAttack (methods.md §5.4).
+
+FAB is a minimum-norm attack: it walks towards the decision boundary between
+the true class ``y`` and a target class ``t`` by projecting onto the
+linearised boundary, and keeps the smallest adversarial perturbation found.
+For AutoAttack a point counts as broken only if that perturbation is
+misclassified **and** has l_inf norm at most ``eps``.
+
+Example:
+    >>> import numpy as np, keras
+    >>> from tfnorms.attacks import FAB
+    >>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(5)])
+    >>> x = np.random.rand(3, 8, 8, 1).astype("float32")
+    >>> x_adv = FAB(eps=0.1, n_iter=5, n_target_classes=2, seed=0)(model, x, np.array([0, 1, 2]))
+    >>> bool(np.abs(x_adv - x).max() <= 0.1 + 1e-6)
+    True
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import keras
+import tensorflow as tf
+
+from tfnorms.attacks import _common, loop
+from tfnorms.attacks.pgd import _positive_float, _seed
+
+_NO_SUCCESS = 1e10
+
+
+def project_linf_box(points, w, c):
+    """Minimal-l_inf step onto a hyperplane inside the [0, 1] box (the projection of FAB, methods.md §5.4).
+
+    Solves ``min ||d||_inf`` subject to ``<w, d> = c`` and ``0 <= p + d <= 1``
+    per example. The optimum moves every coordinate with ``w_i != 0`` by
+    ``sign(c w_i) min(t, r_i)``, where ``r_i`` is the room to the box in that
+    direction, and ``t`` is the smallest value for which
+    ``h(t) = sum_i |w_i| min(t, r_i)`` reaches ``|c|``. ``h`` is piecewise
+    linear and non-decreasing with breakpoints at the sorted ``r_i``, so ``t``
+    follows from cumulative sums over the sorted breakpoints. Where even the
+    box corner (``t = max r_i``) does not reach the hyperplane, the corner is
+    returned (the largest progress towards it).
+
+    Args:
+        points: ``[batch, d]`` points ``p`` in [0, 1].
+        w: ``[batch, d]`` hyperplane normals.
+        c: ``[batch]`` required values of ``<w, d>``.
+
+    Returns:
+        ``[batch, d]`` steps ``d``.
+
+    Example:
+        >>> import numpy as np
+        >>> project_linf_box(np.array([[0.5, 0.5]], "float32"), np.array([[1.0, 1.0]], "float32"),
+        ...                  np.array([0.4], "float32")).numpy()
+        array([[0.2, 0.2]], dtype=float32)
+    """
+    points = tf.convert_to_tensor(points, tf.float32)
+    w = tf.convert_to_tensor(w, tf.float32)
+    c = tf.convert_to_tensor(c, tf.float32)
+    direction = tf.sign(c)[:, None] * tf.sign(w)
+    weight = tf.abs(w)
+    room = tf.where(direction > 0, 1.0 - points, points)
+    room = tf.where(direction == 0, 0.0, tf.maximum(room, 0.0))
+    order = tf.argsort(room, axis=-1)
+    room_sorted = tf.gather(room, order, batch_dims=1)
+    weight_sorted = tf.gather(weight, order, batch_dims=1)
+    reached = tf.cumsum(weight_sorted * room_sorted, axis=-1)  # sum over coordinates already at the box
+    weight_at_box = tf.cumsum(weight_sorted, axis=-1)
+    total_weight = weight_at_box[:, -1:]
+    progress = reached + room_sorted * (total_weight - weight_at_box)  # h at each breakpoint
+    target = tf.abs(c)[:, None]
+    position = tf.reduce_sum(tf.cast(progress < target, tf.int32), axis=-1)  # first breakpoint with h >= |c|
+    dimension = tf.shape(points)[1]
+    previous = tf.maximum(position - 1, 0)
+    reached_before = tf.where(position > 0, tf.gather(reached, previous, batch_dims=1), 0.0)
+    weight_before = tf.where(position > 0, tf.gather(weight_at_box, previous, batch_dims=1), 0.0)
+    t = (target[:, 0] - reached_before) / tf.maximum(total_weight[:, 0] - weight_before, 1e-12)
+    t = tf.where(position >= dimension, room_sorted[:, -1], t)  # infeasible: go to the box corner
+    t = tf.where(target[:, 0] > 0, t, 0.0)
+    return direction * tf.minimum(t[:, None], room)
+
+
+class FABResult(NamedTuple):
+    """What :meth:`FAB.run` returns.
+
+    Attributes:
+        adversarial: ``[batch, ...]`` the smallest adversarial perturbation
+            found where it is within ``eps`` (success), the input otherwise.
+        success: ``[batch]`` bool, misclassified (at the clean input or at a
+            point found) with l_inf perturbation ``<= eps``.
+        norm: ``[batch]`` l_inf norm of the smallest adversarial perturbation
+            found (0 for clean misclassified points, ``1e10`` if none was found).
+    """
+
+    adversarial: tf.Tensor
+    success: tf.Tensor
+    norm: tf.Tensor
+
+
+@keras.saving.register_keras_serializable(package="tfnorms")
+class FAB:
+    """FAB-T (l_inf): targeted minimum-norm boundary attack, as run by AutoAttack.
+
+    For each of ``n_target_classes`` targets ``t`` (the 2nd, 3rd, ... largest
+    clean logit) and each restart, ``n_iter`` iterations of (methods.md §5.4):
+    linearise ``g = z_t - z_y`` at the iterate, compute the minimal l_inf steps
+    ``d1`` from the iterate and ``d2`` from the original point onto
+    ``{g + <grad g, . - x1> = 0}`` inside the [0, 1] box
+    (:func:`project_linf_box`), move to
+    ``clip((x1 + eta d1)(1 - a) + (x + eta d2) a, 0, 1)`` with
+    ``a = min(max(|d1| / (|d1| + |d2|), 0), alpha_max)``, and when the new
+    iterate is misclassified, record it if its norm is the smallest so far
+    and pull it back, ``x1 <- x + beta (x1 - x)``. Restarts after the first
+    start at a random point at l_inf radius ``min(best norm, eps) / 2``.
+
+    Args:
+        eps: radius of the threat model; success needs ``||delta||_inf <= eps``.
+        n_target_classes: targets per point (9 in AutoAttack), capped at ``num_classes - 1``.
+        n_iter: iterations per run (100).
+        n_restarts: runs per target (1 in AutoAttack's standard version).
+        alpha_max: cap of the bias towards the original point (0.1).
+        eta: overshoot of the projection step (1.05).
+        beta: backward step after finding an adversarial point (0.9).
+        seed: ``None`` or an int, for the random restarts.
+
+    Example:
+        >>> FAB(eps=8 / 255).get_config()["eta"]
+        1.05
+    """
+
+    def __init__(self, eps, n_target_classes=9, n_iter=100, n_restarts=1, alpha_max=0.1, eta=1.05, beta=0.9, seed=None):
+        self.eps = _positive_float("eps", eps)
+        self.n_target_classes = _common.positive_int("n_target_classes", n_target_classes)
+        self.n_iter = _common.positive_int("n_iter", n_iter)
+        self.n_restarts = _common.positive_int("n_restarts", n_restarts)
+        self.alpha_max = _common.float_in("alpha_max", alpha_max, 0.0, 1.0, low_open=False)
+        self.eta = _common.float_in("eta", eta, 0.0, 10.0)
+        self.beta = _common.float_in("beta", beta, 0.0, 1.0)
+        self.seed = _seed(seed)
+        self._compiled = None
+
+    name = "fab-t"
+
+    def _single_run(self, model, x, labels, targets, seed, start_radius):
+        """One run on all points from ``x`` + a random point at l_inf radius ``start_radius`` (``[batch]``).
+
+        Returns (best adversarial point, its l_inf norm or 1e10).
+        """
+        batch = tf.shape(x)[0]
+        flat = lambda v: tf.reshape(v, [batch, -1])  # noqa: E731
+        t = tf.random.stateless_uniform(tf.shape(x), seed, -1.0, 1.0)
+        t = t / _common.broadcast(tf.maximum(tf.reduce_max(tf.abs(flat(t)), axis=1), 1e-12), x)
+        x1 = tf.clip_by_value(x + _common.broadcast(start_radius, x) * t, 0.0, 1.0)
+        x0 = flat(x)
+
+        def difference_and_gradient(x1):
+            with tf.GradientTape() as tape:
+                tape.watch(x1)
+                z = _common.logits(model, x1)
+                difference = tf.gather(z, targets, batch_dims=1) - tf.gather(z, labels, batch_dims=1)
+                total = tf.reduce_sum(difference)
+            return difference, tf.stop_gradient(tape.gradient(total, x1, unconnected_gradients=tf.UnconnectedGradients.ZERO))
+
+        def body(*state):
+            return _common.keep_shapes(step(*state), state)
+
+        def step(i, x1, adversarial, norm):
+            difference, gradient = difference_and_gradient(x1)
+            w = flat(gradient)
+            # Hyperplane {p : difference + <w, p - x1> = 0}; steps from x1 and from the original x.
+            c1 = -difference
+            c0 = -difference + tf.reduce_sum(w * (flat(x1) - x0), axis=1)
+            d = project_linf_box(tf.concat([flat(x1), x0], 0), tf.concat([w, w], 0), tf.concat([c1, c0], 0))
+            d1, d2 = d[:batch], d[batch:]
+            a1 = tf.maximum(tf.reduce_max(tf.abs(d1), axis=1), 1e-8)
+            a2 = tf.maximum(tf.reduce_max(tf.abs(d2), axis=1), 1e-8)
+            alpha = tf.clip_by_value(a1 / (a1 + a2), 0.0, self.alpha_max)[:, None]
+            x1_flat = tf.clip_by_value((flat(x1) + self.eta * d1) * (1.0 - alpha) + (x0 + self.eta * d2) * alpha, 0.0, 1.0)
+            x1 = tf.reshape(x1_flat, tf.shape(x))
+            is_adversarial = loop.misclassified(_common.logits(model, x1), labels)
+            distance = tf.reduce_max(tf.abs(x1_flat - x0), axis=1)
+            smaller = tf.logical_and(is_adversarial, distance < norm)
+            adversarial = tf.where(_common.broadcast(smaller, x), x1, adversarial)
+            norm = tf.where(smaller, distance, norm)
+            x1 = tf.where(_common.broadcast(is_adversarial, x), x + self.beta * (x1 - x), x1)
+            return i + 1, x1, adversarial, norm
+
+        _, _, adversarial, norm = tf.while_loop(
+            lambda i, *_: i < self.n_iter,
+            body,
+            (tf.constant(0), x1, x, tf.fill([batch], _NO_SUCCESS)),
+            parallel_iterations=1,
+        )
+        return adversarial, norm
+
+    def run(self, model, x, y, seed=None) -> FABResult:
+        """Runs FAB-T (all targets and restarts) on a batch; see :class:`FABResult`."""
+        if self._compiled is None:
+            self._compiled = tf.function(self._single_run, reduce_retracing=True)
+        x = tf.cast(tf.convert_to_tensor(x), tf.float32)
+        clean_logits = _common.logits(model, x)
+        num_classes = clean_logits.shape[-1]
+        labels = _common.class_ids(y, num_classes)
+        base_seed = seed if seed is not None else (self.seed if self.seed is not None else _common.fresh_seed())
+        misclassified = loop.misclassified(clean_logits, labels)
+        norm = tf.where(misclassified, 0.0, _NO_SUCCESS)
+        adversarial = x
+        ranked = tf.argsort(clean_logits, axis=-1, direction="DESCENDING", stable=True)
+        run_index = 0
+        for rank in range(1, min(self.n_target_classes, num_classes - 1) + 1):
+            for restart in range(self.n_restarts):
+                indices = _common.subset_indices(norm > self.eps)
+                if _common.nothing_left(indices):
+                    break
+                x_sub = tf.gather(x, indices)
+                old_norm = tf.gather(norm, indices)
+                start_radius = 0.5 * tf.minimum(old_norm, self.eps) if restart > 0 else tf.zeros_like(old_norm)
+                found, found_norm = self._compiled(
+                    model, x_sub, tf.gather(labels, indices), tf.gather(ranked[:, rank], indices),
+                    _common.seed_pair(base_seed, run_index), start_radius,
+                )
+                run_index += 1
+                better = tf.logical_and(found_norm < old_norm, old_norm > self.eps)
+                adversarial = _common.scatter(
+                    adversarial, indices, tf.where(_common.broadcast(better, x_sub), found, tf.gather(adversarial, indices))
+                )
+                norm = _common.scatter(norm, indices, tf.where(better, found_norm, old_norm))
+        success = norm <= self.eps
+        # Only perturbations inside the threat model are returned (AutoAttack's success criterion).
+        adversarial = tf.where(_common.broadcast(tf.logical_and(success, tf.logical_not(misclassified)), x), adversarial, x)
+        return FABResult(adversarial, success, norm)
+
+    def __call__(self, model, x, y):
+        return self.run(model, x, y).adversarial
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"
+
+    def get_config(self):
+        """JSON-safe constructor arguments."""
+        return {
+            "eps": self.eps,
+            "n_target_classes": self.n_target_classes,
+            "n_iter": self.n_iter,
+            "n_restarts": self.n_restarts,
+            "alpha_max": self.alpha_max,
+            "eta": self.eta,
+            "beta": self.beta,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
