@@ -107,10 +107,7 @@ def add_norm_control(model):
     if FLAGS.norm_decay_ord == "none":
         return
     ords = {"1": 1, "inf": np.inf, "both": [1, np.inf]}[FLAGS.norm_decay_ord]
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
-            layer.kernel.regularizer = tfnorms.NormDecay(FLAGS.norm_decay_factor, ord=ords)
-    regularizers.configure_norm_decay(model)
+    regularizers.add_norm_decay(model, FLAGS.norm_decay_factor, ord=ords)
 
 
 def make_optimizer(steps_per_epoch):

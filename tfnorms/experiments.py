@@ -71,16 +71,6 @@ def build_classifier(name, info, depth=34, width=10):
     )
 
 
-def _norm_decay(classifier, ord, factor):
-    ords = {"l1": 1, "linf": np.inf}[ord]
-    for layer in classifier._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) and not isinstance(
-            layer, keras.layers.DepthwiseConv2D
-        ):
-            layer.kernel.regularizer = regularizers.NormDecay(factor, ord=ords)
-    regularizers.configure_norm_decay(classifier)
-
-
 def train_classifier(
     classifier,
     train_ds,
@@ -129,7 +119,8 @@ def train_classifier(
     if steps_per_epoch < 1:
         raise ValueError("`train_ds` must have a known, positive number of batches.")
     if norm_decay is not None:
-        _norm_decay(classifier, *norm_decay)
+        ord, factor = norm_decay
+        regularizers.add_norm_decay(classifier, factor, ord={"l1": 1, "linf": np.inf}[ord])
     optimization.add_coupled_weight_decay(classifier, weight_decay)
     schedule = optimization.piecewise_learning_rate(lr, steps_per_epoch, [m for m in milestones if m <= epochs])
     optimizer = keras.optimizers.SGD(schedule, momentum=momentum)

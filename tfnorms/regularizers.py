@@ -297,6 +297,33 @@ def configure_norm_decay(model):
     return configured
 
 
+def add_norm_decay(model, factor=1e-3, ord=1):
+    """Puts a configured :class:`NormDecay` on every Conv2D and Dense kernel of a built model.
+
+    The one-call form of ``kernel_regularizer=NormDecay(...)`` on each layer
+    followed by :func:`configure_norm_decay` (which it calls).
+
+    Args:
+        model: a built ``keras.Model``.
+        factor: penalty strength.
+        ord: ``1``, ``numpy.inf`` or both as a list.
+
+    Returns:
+        The dict of :func:`configure_norm_decay`.
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, strides=2),
+        ...                           keras.layers.Flatten(), keras.layers.Dense(2)])
+        >>> len(add_norm_decay(model, 1e-4, ord=[1, "inf"]))
+        2
+    """
+    template = NormDecay(factor, ord=ord)
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+            layer.kernel.regularizer = template
+    return configure_norm_decay(model)
+
+
 # ---------------------------------------------------------------- momentum
 
 
