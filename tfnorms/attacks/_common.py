@@ -91,3 +91,20 @@ def nothing_left(indices: tf.Tensor) -> bool:
 def keep_shapes(new, old):
     """``new`` loop variables with the static shapes of ``old`` (a ``tf.while_loop`` needs them unchanged)."""
     return tf.nest.map_structure(lambda n, o: tf.ensure_shape(n, o.shape), new, old)
+
+
+class ResultAttack:
+    """Shared protocol of the attacks whose ``run`` returns a result with ``.adversarial``.
+
+    Subclasses define ``run(model, x, y)`` and a JSON-safe ``get_config()``.
+    """
+
+    def __call__(self, model, x, y):
+        return self.run(model, x, y).adversarial
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

@@ -95,7 +95,7 @@ class APGDResult(NamedTuple):
 
 
 @keras.saving.register_keras_serializable(package="tfnorms")
-class APGD:
+class APGD(_common.ResultAttack):
     """Auto-PGD: PGD with momentum and a step size halved at checkpoints when progress stalls.
 
     One run (methods.md §5.2): start at ``x0 = clip(x + eps * t / ||t||, 0, 1)``
@@ -336,12 +336,6 @@ class APGD:
                 success = _common.scatter(success, indices, tf.logical_or(succeeded, tf.gather(success, indices)))
         return APGDResult(adversarial, success, best_loss)
 
-    def __call__(self, model, x, y):
-        return self.run(model, x, y).adversarial
-
-    def __repr__(self):
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"
-
     def get_config(self):
         """JSON-safe constructor arguments (``ord`` as ``"inf"`` / ``"2"``)."""
         return {
@@ -356,7 +350,3 @@ class APGD:
             "eot_iter": self.eot_iter,
             "seed": self.seed,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)

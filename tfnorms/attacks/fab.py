@@ -100,7 +100,7 @@ class FABResult(NamedTuple):
 
 
 @keras.saving.register_keras_serializable(package="tfnorms")
-class FAB:
+class FAB(_common.ResultAttack):
     """FAB-T (l_inf): targeted minimum-norm boundary attack, as run by AutoAttack.
 
     For each of ``n_target_classes`` targets ``t`` (the 2nd, 3rd, ... largest
@@ -232,12 +232,6 @@ class FAB:
         adversarial = tf.where(_common.broadcast(tf.logical_and(success, tf.logical_not(misclassified)), x), adversarial, x)
         return FABResult(adversarial, success, norm)
 
-    def __call__(self, model, x, y):
-        return self.run(model, x, y).adversarial
-
-    def __repr__(self):
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"
-
     def get_config(self):
         """JSON-safe constructor arguments."""
         return {
@@ -250,7 +244,3 @@ class FAB:
             "beta": self.beta,
             "seed": self.seed,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)

@@ -60,7 +60,7 @@ def _margin(model, x, labels):
 
 
 @keras.saving.register_keras_serializable(package="tfnorms")
-class Square:
+class Square(_common.ResultAttack):
     """Square attack, l_inf: random search with square-shaped updates (score-based, no gradients).
 
     Start at ``x + eps * s`` with a random sign ``s`` per example, channel and
@@ -169,12 +169,6 @@ class Square:
             queries = _common.scatter(queries, indices, tf.gather(queries, indices) + used * tf.cast(active, tf.int32))
         return SquareResult(adversarial, margin <= 0.0, queries)
 
-    def __call__(self, model, x, y):
-        return self.run(model, x, y).adversarial
-
-    def __repr__(self):
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"
-
     def get_config(self):
         """JSON-safe constructor arguments."""
         return {
@@ -184,7 +178,3 @@ class Square:
             "n_restarts": self.n_restarts,
             "seed": self.seed,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
