@@ -320,6 +320,11 @@ def plot_metrics_vs_width(results: Mapping[str, Sequence[Mapping]], path, metric
     np.atleast_1d(axes)[0].legend()
     if title:
         fig.suptitle(title)
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path):
+    """Lays out, writes (PNG, 110 dpi) and closes a figure; returns ``path``."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -350,10 +355,7 @@ def plot_layer_norms(runs: Mapping[str, Mapping[str, float]], path, ylabel="l1 o
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_norm_distributions(runs: Mapping[str, Sequence[float]], path, xlabel="l1 operator norm (log scale)",
@@ -372,10 +374,7 @@ def plot_norm_distributions(runs: Mapping[str, Sequence[float]], path, xlabel="l
     ax.legend(fontsize=8, loc="lower right")
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def load_study_data(dataset="digits", *, batch_size=64, image_size=16, data_dir=None, train_examples=0,
@@ -429,10 +428,7 @@ def plot_lambda_schedules(histories: Mapping[str, Mapping], path, fixed=None, pr
     ax.set_ylabel("lambda after the epoch")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_accuracies(rows: Sequence[Mapping], path, label_key="run", title=None):
@@ -450,7 +446,4 @@ def plot_accuracies(rows: Sequence[Mapping], path, label_key="run", title=None):
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
