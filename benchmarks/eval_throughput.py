@@ -36,9 +36,7 @@ Writes benchmarks/results/eval_throughput.json (or --output).
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -48,6 +46,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from _machine import machine_facts, write_json  # noqa: E402
 from tfnorms import attacks, data  # noqa: E402
 from tfnorms.models import wide_resnet  # noqa: E402
 
@@ -220,19 +219,14 @@ def agreement(art_modules):
 def main(argv):
     del argv
     art_modules = art_or_none()
-    load_before = os.getloadavg()[0]
     result = dict(
-        machine=dict(platform=platform.platform(), cpus=os.cpu_count(), tensorflow=tf.__version__,
-                     keras=keras.__version__, art=None if art_modules is None else __import__("art").__version__,
-                     load_average_before=load_before),
+        machine=machine_facts(tensorflow=tf.__version__, keras=keras.__version__,
+                              art=None if art_modules is None else __import__("art").__version__),
         quick=FLAGS.quick,
         throughput=throughput(art_modules),
         agreement=agreement(art_modules),
     )
-    result["machine"]["load_average_after"] = os.getloadavg()[0]
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
-    with open(FLAGS.output, "w") as f:
-        json.dump(result, f, indent=2)
+    write_json(result, FLAGS.output)
 
     t = result["throughput"]
     print(f"\nThroughput on {t['model']} {t['input_shape']}, {t['images']} images, eps={EPS:.4f} (CPU):")

@@ -22,9 +22,7 @@ Writes benchmarks/results/norm_speed.json (or --output).
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import statistics
 import time
 
@@ -34,6 +32,7 @@ from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from _machine import machine_facts, write_json  # noqa: E402
 from tfnorms import norms  # noqa: E402
 from tfnorms.models import wide_resnet  # noqa: E402
 
@@ -133,15 +132,12 @@ def main(argv):
                      median_seconds=seconds, ratio_to_ours=1.0))
     result = dict(
         benchmark="norm_speed",
-        machine=dict(platform=platform.platform(), cpus=os.cpu_count(), tensorflow=tf.__version__),
+        machine=machine_facts(tensorflow=tf.__version__),
         input=list(INPUT),
         power_iterations=iterations,
         rows=rows,
     )
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
-    with open(FLAGS.output, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {FLAGS.output}")
+    write_json(result, FLAGS.output)
 
 
 if __name__ == "__main__":

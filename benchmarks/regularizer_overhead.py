@@ -26,9 +26,7 @@ a Markdown table.
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import statistics
 import time
 
@@ -39,6 +37,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from _machine import machine_facts, write_json  # noqa: E402
 from tfnorms import norms  # noqa: E402
 from tfnorms.models import wide_resnet  # noqa: E402
 from tfnorms.regularizers import NormDecay, NormDecayMomentum, configure_norm_decay  # noqa: E402
@@ -155,7 +154,8 @@ def time_svc(depth, width, repeats, clip_to=1.0):
 def markdown(result):
     lines = [
         f"WRN-{result['depth']}-{result['width']}, batch {result['batch_size']}, "
-        f"{result['machine']['cpu_count']} CPU cores, TF {result['machine']['tensorflow']}",
+        f"{result['machine']['cpus']} CPU cores ({result['machine']['cpu_model']}), "
+        f"TF {result['machine']['tensorflow']}",
         "",
         "| training step | median s/step | ratio to none |",
         "|---|---|---|",
@@ -192,14 +192,9 @@ def main(argv):
         step_time=step_rows,
         svc_pass=svc_rows,
         svc_layers=svc_layers,
-        machine=dict(
-            cpu_count=os.cpu_count(), processor=platform.processor(), tensorflow=tf.__version__,
-            keras=keras.__version__,
-        ),
+        machine=machine_facts(tensorflow=tf.__version__, keras=keras.__version__),
     )
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
-    with open(FLAGS.output, "w") as f:
-        json.dump(result, f, indent=2)
+    write_json(result, FLAGS.output)
     print(markdown(result))
 
 

@@ -28,9 +28,7 @@ Writes benchmarks/results/train_step_throughput.json (or --output).
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import statistics
 import time
 
@@ -41,6 +39,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from _machine import machine_facts, write_json  # noqa: E402
 from tfnorms.attacks import PGD  # noqa: E402
 from tfnorms.models import wide_resnet  # noqa: E402
 from tfnorms.training import AdversarialTrainer  # noqa: E402
@@ -55,16 +54,6 @@ flags.DEFINE_string("output", os.path.join(os.path.dirname(__file__), "results",
                     "Where to write the JSON results.")
 
 EPS, STEP_SIZE, BETA = 0.031, 0.007, 6.0
-
-
-def cpu_bf16_flags() -> dict:
-    """Which bf16 instruction sets /proc/cpuinfo lists (AMX gives the large bf16 speed-ups)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu_flags = next(line for line in f if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        cpu_flags = []
-    return {"cpu_avx512_bf16": "avx512_bf16" in cpu_flags, "cpu_amx_bf16": "amx_bf16" in cpu_flags}
 
 
 def make_tfnorms_step(config, policy, jit_compile):
@@ -177,13 +166,11 @@ def main(argv):
     if FLAGS.threads:
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
         tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
-    load_before = os.getloadavg()
+    machine = machine_facts(tensorflow=tf.__version__, keras=keras.__version__)
     steps = {"tfnorms_float32": make_tfnorms_step(config, "float32", False),
              "tfnorms_mixed_bfloat16": make_tfnorms_step(config, "mixed_bfloat16", False)}
     if FLAGS.xla:
         steps["tfnorms_float32_xla"] = make_tfnorms_step(config, "float32", True)
-    machine = dict(platform=platform.platform(), cpus=os.cpu_count(), tensorflow=tf.__version__,
-                   keras=keras.__version__, **cpu_bf16_flags())
     if FLAGS.torch:
         try:
             torch_step, torch_info = make_torch_step(config)
@@ -205,7 +192,6 @@ def main(argv):
             seconds[name].append(time.perf_counter() - start)
             print(f"round {round_index + 1} {name}: {seconds[name][-1]:.2f} s", flush=True)
 
-    machine["load_average_before_after"] = [load_before[0], os.getloadavg()[0]]
     machine["threads_flag"] = FLAGS.threads
     rows = []
     for name, times in seconds.items():
@@ -226,16 +212,18 @@ def main(argv):
     print(f"{'implementation':<26}{'s / step':>10}{'images / s':>12}")
     for row in rows:
         print(f"{row['implementation']:<26}{row['median_step_seconds']:>10.2f}{row['images_per_second']:>12.2f}")
+    targets = dict(fp32_vs_pytorch=1.5, bf16_vs_fp32=1.5)
     for name, value in ratios.items():
-        print(f"{name}: {value:.2f}x")
+        verdict = ""
+        if name in targets:
+            verdict = f" (target {targets[name]}x: {'met' if value >= targets[name] else 'NOT met'})"
+        print(f"{name}: {value:.2f}x{verdict}")
+    print(f"CPU: {machine['cpu_model']}; 1-minute load average before: {machine['load_average_before']:.2f}, "
+          f"after: {os.getloadavg()[0]:.2f}")
 
     result = dict(benchmark="train_step_throughput", quick=FLAGS.quick, model=model_name, config=config,
-                  machine=machine, rows=rows, ratios=ratios,
-                  targets=dict(fp32_vs_pytorch=1.5, bf16_vs_fp32=1.5))
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
-    with open(FLAGS.output, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {FLAGS.output}")
+                  machine=machine, rows=rows, ratios=ratios, targets=targets)
+    write_json(result, FLAGS.output)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,11 @@ def run_benchmark(name, tmp_path, *extra):
         [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick", f"--output={output}", *extra],
         check=True, cwd=ROOT, capture_output=True, timeout=600,
     )
-    return json.loads(output.read_text())
+    result = json.loads(output.read_text())
+    # Ratios depend on the CPU and on the load from other processes: every benchmark records both.
+    assert {"cpu_model", "cpus", "load_average_before", "load_average_after"} <= set(result["machine"])
+    assert result["machine"]["cpu_model"]
+    return result
 
 
 def test_norm_speed_quick(tmp_path):
@@ -37,6 +41,7 @@ def test_train_step_throughput_quick(tmp_path):
     names = {row["implementation"] for row in result["rows"]}
     assert {"tfnorms_float32", "tfnorms_mixed_bfloat16"} <= names
     assert all(row["images_per_second"] > 0 for row in result["rows"])
+    assert result["ratios"]["bf16_vs_fp32"] > 0 and set(result["targets"]) == {"fp32_vs_pytorch", "bf16_vs_fp32"}
 
 
 def test_eval_throughput_quick(tmp_path):
