@@ -12,8 +12,18 @@ import os
 import platform
 
 
-def _cpuinfo_field(lines, name):
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith(name)), "")
+def _first_cpu_info() -> dict:
+    """``/proc/cpuinfo``'s fields for the first CPU (empty where there is no such file)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return {}
+    fields = {}
+    for line in text.split("\n\n")[0].splitlines():
+        name, _, value = line.partition(":")
+        fields[name.strip()] = value.strip()
+    return fields
 
 
 def machine_facts(**versions) -> dict:
@@ -22,15 +32,13 @@ def machine_facts(**versions) -> dict:
     Args:
         **versions: library name -> version string, e.g. ``tensorflow=tf.__version__``.
     """
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        lines = []
-    cpu_flags = _cpuinfo_field(lines, "flags").split()
+    cpu = _first_cpu_info()
+    cpu_flags = cpu.get("flags", "").split()
     return dict(
         platform=platform.platform(),
-        cpu_model=_cpuinfo_field(lines, "model name") or platform.processor(),
+        cpu_model=cpu.get("model name") or platform.processor(),
+        # Virtual machines often report a bare "AMD EPYC": vendor, family and model number pin the generation.
+        cpu_id=f"{cpu.get('vendor_id', '?')} family {cpu.get('cpu family', '?')} model {cpu.get('model', '?')}",
         cpu_avx512_bf16="avx512_bf16" in cpu_flags,
         cpu_amx_bf16="amx_bf16" in cpu_flags,
         cpus=os.cpu_count(),
