@@ -121,14 +121,6 @@ def test_configure_norm_decay_reads_geometry_and_unshares_instances():
     assert float(model.losses[0]) == pytest.approx(22.0)
 
 
-def test_configure_norm_decay_rejects_depthwise():
-    model = keras.Sequential(
-        [keras.Input((6, 6, 3)), keras.layers.DepthwiseConv2D(3, depthwise_regularizer=NormDecay())]
-    )
-    with pytest.raises(ValueError, match="supported are Conv2D and Dense"):
-        configure_norm_decay(model)
-
-
 # ---------------------------------------------------------------- training behaviour
 
 

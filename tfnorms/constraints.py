@@ -22,11 +22,16 @@ import tensorflow as tf
 
 from tfnorms import norms
 from tfnorms.regularizers import (
+    CONV_LAYERS,
     conv_layers_with,
     geometry_to_config,
+    kernel_attribute,
+    layer_geometry_config,
+    operator_kernel,
     ords_to_config,
     reset_compiled_functions,
     validate_conv_geometry,
+    validate_depthwise,
     validate_nonnegative,
     validate_ords,
 )
@@ -47,8 +52,8 @@ def _validate_mode(mode):
 def _check_rank(w, name):
     if w.shape.rank not in (2, 4):
         raise ValueError(
-            f"{name} supports Dense kernels (rank 2) and Conv2D kernels (rank 4, "
-            f"layout (kh, kw, c_in, c_out)). Received a tensor of shape {w.shape}."
+            f"{name} supports Dense kernels (rank 2) and Conv2D / DepthwiseConv2D kernels (rank 4, "
+            f"layout (kh, kw, c_in, c_out) / (kh, kw, c_in, multiplier)). Received a tensor of shape {w.shape}."
         )
 
 
@@ -73,6 +78,9 @@ class SingularValueClip(keras.constraints.Constraint):
         input_shape: spatial input size ``(H, W)`` of a convolution (required
             for Conv2D kernels; :func:`configure_constraints` fills it in).
         groups: the convolution's ``groups``.
+        depthwise: the kernel is a ``DepthwiseConv2D`` kernel, clipped as the
+            equivalent grouped convolution (one group per input channel;
+            ``groups`` stays 1). :func:`configure_constraints` sets it.
         method: ``"gram"`` (real eigendecomposition of the smaller Gram
             matrix of the realified transfer matrices; default), ``"svd"``
             (real SVD) or ``"hermitian"`` (complex Hermitian eigendecomposition,
@@ -89,7 +97,7 @@ class SingularValueClip(keras.constraints.Constraint):
         ...     16, 3, kernel_constraint=tfnorms.SingularValueClip(1.0, input_shape=(32, 32)))
     """
 
-    def __init__(self, clip_to=1.0, input_shape=None, groups=1, method="gram", passes=1):
+    def __init__(self, clip_to=1.0, input_shape=None, groups=1, method="gram", passes=1, depthwise=False):
         self.clip_to = validate_nonnegative(clip_to, "clip_to", strict=True)
         if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or passes < 1:
             raise ValueError(
@@ -101,6 +109,7 @@ class SingularValueClip(keras.constraints.Constraint):
         if self.input_shape is not None and None in self.input_shape:
             self.input_shape = None
         self.groups = geom["groups"]
+        self.depthwise = validate_depthwise(depthwise, self.groups)
         if method not in ("gram", "svd", "hermitian"):
             raise ValueError(
                 f'Invalid value for argument `method`. Expected one of "gram", "svd", "hermitian". Received: method={method!r}'
@@ -117,11 +126,12 @@ class SingularValueClip(keras.constraints.Constraint):
                 "SingularValueClip on a Conv2D kernel needs the layer's input size: pass "
                 "`input_shape=(H, W)` or call tfnorms.constraints.configure_constraints(model)."
             )
+        kernel, geom, back = operator_kernel(w, {"groups": self.groups}, self.depthwise)
         for _ in range(self.passes):
-            w = norms.conv2d_clip_singular_values(
-                w, self.clip_to, input_shape=self.input_shape, groups=self.groups, method=self.method
+            kernel = norms.conv2d_clip_singular_values(
+                kernel, self.clip_to, input_shape=self.input_shape, groups=geom["groups"], method=self.method
             )
-        return w
+        return back(kernel)
 
     def get_config(self):
         return {
@@ -130,6 +140,7 @@ class SingularValueClip(keras.constraints.Constraint):
             "groups": self.groups,
             "method": self.method,
             "passes": self.passes,
+            "depthwise": self.depthwise,
         }
 
 
@@ -163,6 +174,8 @@ class MaxOperatorNorm(keras.constraints.Constraint):
         padding: conv geometry.
         dilation_rate: conv geometry.
         groups: conv geometry.
+        depthwise: the kernel is a ``DepthwiseConv2D`` kernel (as in
+            :class:`tfnorms.NormDecay`; :func:`configure_constraints` sets it).
 
     Example:
         >>> import keras, numpy as np, tfnorms
@@ -180,20 +193,22 @@ class MaxOperatorNorm(keras.constraints.Constraint):
         padding="same",
         dilation_rate=1,
         groups=1,
+        depthwise=False,
     ):
         self.max_value = validate_nonnegative(max_value, "max_value", strict=True)
         self.ords = validate_ords(ord)
         self.mode = _validate_mode(mode)
         self.geometry = validate_conv_geometry(input_shape, strides, padding, dilation_rate, groups)
+        self.depthwise = validate_depthwise(depthwise, self.geometry["groups"])
 
     def __call__(self, w):
         w = tf.convert_to_tensor(w)
         _check_rank(w, "MaxOperatorNorm")
         project = norms.project_operator_norm if self.mode == "all" else norms.project_max_group
-        geom = self.geometry if w.shape.rank == 4 else {}
+        kernel, geom, back = operator_kernel(w, self.geometry, self.depthwise)
         for ord in self.ords:
-            w = project(w, self.max_value, ord, **geom)
-        return w
+            kernel = project(kernel, self.max_value, ord, **geom)
+        return back(kernel)
 
     def with_geometry(self, **geometry_args):
         config = self.get_config()
@@ -206,6 +221,7 @@ class MaxOperatorNorm(keras.constraints.Constraint):
             "ord": ords_to_config(self.ords),
             "mode": self.mode,
             **geometry_to_config(self.geometry),
+            "depthwise": self.depthwise,
         }
 
 
@@ -271,10 +287,11 @@ class MaxBatchNormNorm(keras.constraints.Constraint):
 def configure_constraints(model):
     """Fills in the layer information that the constraints of a built model need.
 
-    * :class:`SingularValueClip` on a Conv2D kernel: the input size (read
-      through :func:`tfnorms.norms.conv_geometry`) and ``groups``.
-    * :class:`MaxOperatorNorm` on a Conv2D kernel: strides, padding,
-      dilation, groups and input size.
+    * :class:`SingularValueClip` on a Conv2D or DepthwiseConv2D kernel: the
+      input size (read through :func:`tfnorms.norms.conv_geometry`),
+      ``groups`` and ``depthwise``.
+    * :class:`MaxOperatorNorm` on a Conv2D or DepthwiseConv2D kernel:
+      strides, padding, dilation, groups, ``depthwise`` and input size.
     * :class:`MaxBatchNormNorm` on a BatchNormalization ``gamma``: binds it to
       the layer's moving variance and epsilon.
 
@@ -308,30 +325,23 @@ def configure_constraints(model):
             layer.gamma_constraint = new
         elif isinstance(layer, keras.layers.Dense) and variable is layer.kernel:
             new = constraint
-        elif isinstance(layer, keras.layers.Conv2D) and variable is layer.kernel:
-            geom = norms.conv_geometry(layer)
-            shape = geom["input_shape"]
-            known = shape is not None and None not in tuple(shape)
+        elif isinstance(layer, CONV_LAYERS) and variable is layer.kernel:
             if isinstance(constraint, SingularValueClip):
-                if not known:
+                geometry = layer_geometry_config(layer, with_padding=False)
+                if geometry["input_shape"] is None:
                     raise ValueError(f"SingularValueClip on {where}: the layer's input size is unknown.")
-                if max(geom["dilation_rate"]) > 1:
+                if max(layer.dilation_rate) > 1:
                     raise ValueError(f"SingularValueClip on {where}: dilated convolutions are not supported.")
                 config = constraint.get_config()
-                config.update(input_shape=list(shape), groups=geom["groups"])
+                config.update(geometry)
                 new = SingularValueClip.from_config(config)
             else:
-                padding = geom["padding"]
-                new = constraint.with_geometry(
-                    input_shape=list(shape) if known else None,
-                    strides=list(geom["strides"]),
-                    padding=padding if isinstance(padding, str) else [list(p) for p in padding],
-                    dilation_rate=list(geom["dilation_rate"]),
-                    groups=geom["groups"],
-                )
-            layer.kernel_constraint = new
+                new = constraint.with_geometry(**layer_geometry_config(layer))
+            setattr(layer, kernel_attribute(layer, "constraint"), new)
         else:
-            raise ValueError(f"{type(constraint).__name__} on {where}: supported are Conv2D and Dense kernels.")
+            raise ValueError(
+                f"{type(constraint).__name__} on {where}: supported are Conv2D, DepthwiseConv2D and Dense kernels."
+            )
         variable.constraint = new
         configured[variable.path] = new
     reset_compiled_functions(model)

@@ -103,6 +103,44 @@ def validate_conv_geometry(input_shape, strides, padding, dilation_rate, groups)
     )
 
 
+def validate_depthwise(depthwise, groups):
+    """Checks the ``depthwise`` switch of an adapter; ``groups`` must stay 1 with it (it is implied)."""
+    if not isinstance(depthwise, (bool, np.bool_)):
+        raise ValueError(
+            f"Invalid value for argument `depthwise`. Expected True or False. Received: depthwise={depthwise!r}"
+        )
+    if depthwise and groups != 1:
+        raise ValueError(
+            "Invalid value for argument `groups`. A depthwise kernel implies one group per input "
+            f"channel: leave groups=1 with depthwise=True. Received: groups={groups!r}"
+        )
+    return bool(depthwise)
+
+
+def operator_kernel(kernel, geometry, depthwise):
+    """A kernel in the layout :mod:`tfnorms.norms` expects, the geometry to pass with it, and the way back.
+
+    Dense kernels come back unchanged with no geometry; Conv2D kernels with
+    ``geometry``; DepthwiseConv2D kernels (``depthwise=True``) as the
+    equivalent grouped Conv2D kernel with ``groups=c_in``
+    (:func:`tfnorms.norms.depthwise_as_grouped`).
+
+    Returns:
+        ``(kernel, geometry, back)`` where ``back`` maps a tensor shaped like
+        the returned kernel (a projection, a mask) to the original layout.
+    """
+    if depthwise:
+        if kernel.shape.rank != 4:
+            raise ValueError(
+                "depthwise=True expects a DepthwiseConv2D kernel (rank 4, layout (kh, kw, c_in, "
+                f"multiplier)). Received a tensor of shape {kernel.shape}."
+            )
+        grouped, groups = norms.depthwise_as_grouped(kernel)
+        shape = kernel.shape
+        return grouped, {**geometry, "groups": groups}, lambda t: norms.grouped_as_depthwise(t, shape)
+    return kernel, (geometry if kernel.shape.rank == 4 else {}), lambda t: t
+
+
 def geometry_to_config(geom):
     """JSON-safe copy of a validated geometry dict (tuples become lists)."""
 
@@ -113,7 +151,10 @@ def geometry_to_config(geom):
 
 
 def kernel_operator_norm(kernel, ord, geom):
-    """Dispatches to the Dense (rank 2) or Conv2D (rank 4) norm of :mod:`tfnorms.norms`."""
+    """Dispatches to the Dense (rank 2) or Conv2D (rank 4) norm of :mod:`tfnorms.norms`.
+
+    Depthwise kernels go through :func:`operator_kernel` first.
+    """
     rank = kernel.shape.rank
     if rank == 2:
         return norms.dense_l1_norm(kernel) if ord == 1 else norms.dense_linf_norm(kernel)
@@ -137,6 +178,40 @@ def conv_layers_with(model, predicate):
                 yield layer, variable, found
 
 
+CONV_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+
+
+def kernel_attribute(layer, kind):
+    """The constructor argument that holds a conv/dense layer's kernel ``kind`` ("regularizer" or "constraint")."""
+    prefix = "depthwise" if isinstance(layer, keras.layers.DepthwiseConv2D) else "kernel"
+    return f"{prefix}_{kind}"
+
+
+def layer_geometry_config(layer, with_padding=True):
+    """The geometry arguments of :class:`NormDecay` and the constraints, read from a built conv layer.
+
+    Reads :func:`tfnorms.norms.conv_geometry` (which folds a preceding
+    ``ZeroPadding2D``) into JSON-safe values; an unknown input size becomes
+    ``None``. DepthwiseConv2D layers get ``depthwise=True`` and ``groups=1``.
+    """
+    geom = norms.conv_geometry(layer)
+    shape = geom["input_shape"]
+    depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
+    padding = geom["padding"]
+    config = dict(
+        input_shape=None if shape is None or None in tuple(shape) else [int(n) for n in shape],
+        groups=1 if depthwise else geom["groups"],
+        depthwise=depthwise,
+    )
+    if with_padding:
+        config.update(
+            strides=list(geom["strides"]),
+            padding=padding if isinstance(padding, str) else [list(p) for p in padding],
+            dilation_rate=list(geom["dilation_rate"]),
+        )
+    return config
+
+
 def reset_compiled_functions(model):
     """Makes ``fit``/``evaluate`` re-trace after a regularizer or constraint changed."""
     for attribute in ("train_function", "test_function"):
@@ -151,8 +226,9 @@ def reset_compiled_functions(model):
 class NormDecay(keras.regularizers.Regularizer):
     """Penalises ``factor`` times the exact l1 and/or l_inf operator norm of a kernel.
 
-    Works on ``Conv2D`` kernels ``(kh, kw, c_in // groups, c_out)`` and
-    ``Dense`` kernels ``(in, out)``. The penalty is the exact norm (not a
+    Works on ``Conv2D`` kernels ``(kh, kw, c_in // groups, c_out)``,
+    ``Dense`` kernels ``(in, out)`` and, with ``depthwise=True``,
+    ``DepthwiseConv2D`` kernels ``(kh, kw, c_in, multiplier)``. The penalty is the exact norm (not a
     bound), so the gradient Keras adds to the kernel is the exact
     sub-gradient ``factor * sign(W)`` on the maximal group (for ``ord=1``: one
     input channel and one stride class of kernel positions, all output
@@ -184,11 +260,17 @@ class NormDecay(keras.regularizers.Regularizer):
         padding: ``"same"``, ``"valid"`` or ``((top, bottom), (left, right))``.
         dilation_rate: int or pair.
         groups: the convolution's ``groups``.
+        depthwise: the kernel is a ``DepthwiseConv2D`` kernel (a rank-4
+            kernel does not tell which layer it belongs to: without this
+            switch it is read as a Conv2D kernel). :func:`configure_norm_decay`
+            sets it; ``groups`` stays 1 (one group per input channel is implied).
 
     Example:
         >>> import keras, numpy as np, tfnorms
         >>> conv = keras.layers.Conv2D(
         ...     8, 3, kernel_regularizer=tfnorms.NormDecay(1e-3, ord=np.inf))
+        >>> depthwise = keras.layers.DepthwiseConv2D(
+        ...     3, depthwise_regularizer=tfnorms.NormDecay(1e-3, depthwise=True))
         >>> dense = keras.layers.Dense(
         ...     10, kernel_regularizer=tfnorms.NormDecay(1e-3, ord=[1, "inf"]))
     """
@@ -202,10 +284,12 @@ class NormDecay(keras.regularizers.Regularizer):
         padding="same",
         dilation_rate=1,
         groups=1,
+        depthwise=False,
     ):
         self.factor = validate_nonnegative(factor, "factor")
         self.ords = validate_ords(ord)
         self.geometry = validate_conv_geometry(input_shape, strides, padding, dilation_rate, groups)
+        self.depthwise = validate_depthwise(depthwise, self.geometry["groups"])
 
     @property
     def ord(self):
@@ -213,10 +297,10 @@ class NormDecay(keras.regularizers.Regularizer):
 
     def norm(self, x):
         """The (summed) operator norm(s) that this regularizer penalises, unscaled."""
-        x = tf.convert_to_tensor(x)
-        total = kernel_operator_norm(x, self.ords[0], self.geometry)
+        kernel, geom, _ = operator_kernel(tf.convert_to_tensor(x), self.geometry, self.depthwise)
+        total = kernel_operator_norm(kernel, self.ords[0], geom)
         for ord in self.ords[1:]:
-            total = total + kernel_operator_norm(x, ord, self.geometry)
+            total = total + kernel_operator_norm(kernel, ord, geom)
         return total
 
     def __call__(self, x):
@@ -234,16 +318,18 @@ class NormDecay(keras.regularizers.Regularizer):
             "factor": self.factor,
             "ord": ords_to_config(self.ords),
             **geometry_to_config(self.geometry),
+            "depthwise": self.depthwise,
         }
 
 
 def configure_norm_decay(model):
     """Fills in the geometry of every :class:`NormDecay` of a built model.
 
-    For every ``Conv2D`` whose kernel carries a :class:`NormDecay`, reads the
-    strides, padding (including a preceding ``ZeroPadding2D``, see
+    For every ``Conv2D`` or ``DepthwiseConv2D`` whose kernel carries a
+    :class:`NormDecay`, reads the strides, padding (including a preceding ``ZeroPadding2D``, see
     :func:`tfnorms.norms.conv_geometry`), dilation, groups and the input size,
-    and replaces the layer's regularizer by a configured copy (so a
+    marks depthwise kernels as such, and replaces the layer's regularizer by
+    a configured copy (so a
     regularizer instance shared by several layers is safe). The geometry is
     part of the regularizer's config, so it survives ``model.save``. Dense
     kernels need nothing. Call it after the model is built and before
@@ -257,8 +343,8 @@ def configure_norm_decay(model):
 
     Raises:
         ValueError: if a :class:`NormDecay` sits on a weight other than a
-            Conv2D or Dense kernel (e.g. ``DepthwiseConv2D``, whose kernel
-            layout it cannot read).
+            Conv2D, DepthwiseConv2D or Dense kernel (a bias, a BatchNorm
+            ``gamma``, an RNN kernel, ...).
 
     Example:
         >>> model = keras.Sequential([keras.Input((32, 32, 3)),
@@ -273,23 +359,15 @@ def configure_norm_decay(model):
     for layer, variable, reg in conv_layers_with(
         model, lambda v: v.regularizer if isinstance(v.regularizer, NormDecay) else None
     ):
-        if isinstance(layer, keras.layers.Conv2D) and variable is layer.kernel:
-            geom = norms.conv_geometry(layer)
-            shape = geom["input_shape"]
-            new = reg.with_geometry(
-                input_shape=None if shape is None or None in tuple(shape) else list(shape),
-                strides=list(geom["strides"]),
-                padding=geom["padding"] if isinstance(geom["padding"], str) else [list(p) for p in geom["padding"]],
-                dilation_rate=list(geom["dilation_rate"]),
-                groups=geom["groups"],
-            )
-            layer.kernel_regularizer = new
+        if isinstance(layer, CONV_LAYERS) and variable is layer.kernel:
+            new = reg.with_geometry(**layer_geometry_config(layer))
+            setattr(layer, kernel_attribute(layer, "regularizer"), new)
         elif isinstance(layer, keras.layers.Dense) and variable is layer.kernel:
             new = reg
         else:
             raise ValueError(
                 f"NormDecay on weight {variable.path!r} of layer {layer.name!r} "
-                f"({type(layer).__name__}): supported are Conv2D and Dense kernels."
+                f"({type(layer).__name__}): supported are Conv2D, DepthwiseConv2D and Dense kernels."
             )
         variable.regularizer = new
         configured[variable.path] = new
@@ -298,7 +376,7 @@ def configure_norm_decay(model):
 
 
 def add_norm_decay(model, factor=1e-3, ord=1):
-    """Puts a configured :class:`NormDecay` on every Conv2D and Dense kernel of a built model.
+    """Puts a configured :class:`NormDecay` on every Conv2D, DepthwiseConv2D and Dense kernel of a built model.
 
     The one-call form of ``kernel_regularizer=NormDecay(...)`` on each layer
     followed by :func:`configure_norm_decay` (which it calls).
@@ -319,7 +397,7 @@ def add_norm_decay(model, factor=1e-3, ord=1):
     """
     template = NormDecay(factor, ord=ord)
     for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+        if isinstance(layer, (*CONV_LAYERS, keras.layers.Dense)):
             layer.kernel.regularizer = template
     return configure_norm_decay(model)
 
@@ -454,8 +532,9 @@ class NormDecayMomentum(keras.optimizers.Optimizer):
             weights = tf.convert_to_tensor(variable)
             sign = tf.sign(weights)
             extra = tf.zeros_like(weights)
+            kernel, geom, back = operator_kernel(weights, regularizer.geometry, regularizer.depthwise)
             for ord, slot in zip(regularizer.ords, slots):
-                mask = norms.max_group_mask(weights, ord, **(regularizer.geometry if weights.shape.rank == 4 else {}))
+                mask = back(norms.max_group_mask(kernel, ord, **geom))
                 kept = self.momentum * tf.convert_to_tensor(slot) * (1.0 - mask)
                 # The regularizer's own gradient supplies factor * mask * sign.
                 extra = extra + kept

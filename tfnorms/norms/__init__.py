@@ -30,6 +30,8 @@ from tfnorms.norms.operator_norms import (
     conv2d_linf_norm,
     dense_l1_norm,
     dense_linf_norm,
+    depthwise_as_grouped,
+    grouped_as_depthwise,
 )
 from tfnorms.norms.spectral import (
     conv2d_singular_values,
@@ -64,6 +66,8 @@ __all__ = [
     "dense_l1_norm",
     "dense_linf_norm",
     "dense_spectral_norm",
+    "depthwise_as_grouped",
+    "grouped_as_depthwise",
     "is_supported",
     "layer_norm",
     "model_norms",

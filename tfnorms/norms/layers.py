@@ -16,6 +16,7 @@ from tfnorms.norms.operator_norms import (
     conv2d_linf_norm,
     dense_l1_norm,
     dense_linf_norm,
+    depthwise_as_grouped,
 )
 from tfnorms.norms.spectral import conv2d_spectral_norm, dense_spectral_norm
 
@@ -94,9 +95,7 @@ def conv_geometry(layer, input_shape=None, fold_padding=True):
         and ``groups``.
     """
     if isinstance(layer, keras.layers.DepthwiseConv2D):
-        kh, kw, c_in, multiplier = layer.kernel.shape
-        kernel = tf.reshape(layer.kernel, (kh, kw, 1, c_in * multiplier))
-        groups = int(c_in)
+        kernel, groups = depthwise_as_grouped(layer.kernel)
     else:
         kernel, groups = layer.kernel, int(layer.groups)
     padding = layer.padding

@@ -210,6 +210,38 @@ def conv2d_linf_norm(
     )
 
 
+def depthwise_as_grouped(kernel) -> tuple[tf.Tensor, int]:
+    """The grouped Conv2D form of a DepthwiseConv2D kernel.
+
+    A depthwise kernel ``(kh, kw, c_in, multiplier)`` is the Conv2D kernel
+    ``(kh, kw, 1, c_in * multiplier)`` with ``groups=c_in``: output channel
+    ``c * multiplier + m`` reads input channel ``c`` only, in the order Keras'
+    ``DepthwiseConv2D`` produces. Every Conv2D function of this module then
+    applies with that ``groups``; :func:`grouped_as_depthwise` maps a kernel (or
+    a mask or a projected kernel) back.
+
+    Args:
+        kernel: a rank-4 depthwise kernel ``(kh, kw, c_in, multiplier)``.
+
+    Returns:
+        ``(grouped_kernel, groups)``.
+
+    Example:
+        >>> import numpy as np
+        >>> grouped, groups = depthwise_as_grouped(np.ones((3, 3, 4, 2), "float32"))
+        >>> tuple(grouped.shape), groups
+        ((3, 3, 1, 8), 4)
+    """
+    kernel = _check_kernel(kernel, 4)
+    kh, kw, c_in, multiplier = kernel.shape
+    return tf.reshape(kernel, (kh, kw, 1, c_in * multiplier)), int(c_in)
+
+
+def grouped_as_depthwise(grouped, depthwise_shape) -> tf.Tensor:
+    """Inverse of :func:`depthwise_as_grouped`: a ``(kh, kw, 1, c_in * m)`` tensor back to ``depthwise_shape``."""
+    return tf.reshape(grouped, tuple(depthwise_shape))
+
+
 def dense_l1_norm(kernel) -> tf.Tensor:
     """Exact l1 operator norm of a Dense layer ``y = x @ kernel``.
 
