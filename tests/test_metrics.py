@@ -53,6 +53,27 @@ def test_evaluate_robustness_matches_manual_and_identity():
     assert metrics.perturbation_stability(model, x, y, attack, batch_size=40) == result["stability"]
 
 
+def test_evaluate_robustness_traces_once_for_uneven_batches():
+    """The last batch is usually smaller: one trace serves every batch size (no retracing warnings)."""
+    model = small_model(2)
+    traces = []
+
+    def counted(x, training=False):
+        traces.append(x.shape[0])  # runs while tracing only
+        return model(x, training=training)
+
+    rng = np.random.default_rng(1)
+    x = rng.random((40, 4, 4, 1)).astype("float32")
+    y = rng.integers(0, 3, 40)
+    attack = attacks.PGD(0.2, 0.05, 3, random_start=None)  # deterministic: batching cannot change the result
+    whole = metrics.evaluate_robustness(counted, x, y, attack, batch_size=40)
+    per_trace = len(traces)
+    traces.clear()
+    uneven = metrics.evaluate_robustness(counted, x, y, attack, batch_size=16)  # 16, 16, 8
+    assert len(traces) == per_trace and set(traces) == {None}
+    assert uneven == pytest.approx(whole)
+
+
 def test_local_lipschitz_is_max_dual_gradient_norm_of_kl():
     model = small_model(2)
     x = np.random.default_rng(3).uniform(0.2, 0.8, (6, 4, 4, 1)).astype("float32")

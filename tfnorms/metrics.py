@@ -125,7 +125,6 @@ def evaluate_robustness(model, x, y=None, attack=None, batch_size=128, training=
     adversarial_accuracy = RobustAccuracy()
     stability = PerturbationStability()
 
-    @tf.function(reduce_retracing=True)
     def batch_outputs(x_batch, y_batch):
         clean_logits = model(x_batch, training=training)
         if getattr(attack, "requires_clean_logits", False) and getattr(attack, "training", False) == training:
@@ -134,8 +133,17 @@ def evaluate_robustness(model, x, y=None, attack=None, batch_size=128, training=
             x_adv = attack(model, x_batch, y_batch)
         return clean_logits, model(x_adv, training=training)
 
+    # One trace per call, for any batch size (the last batch is usually smaller): a
+    # concrete function with an unknown batch dimension.
+    compiled = None
     for x_batch, y_batch in _batches(x, y, batch_size):
-        clean_logits, adversarial_logits = batch_outputs(tf.cast(x_batch, tf.float32), y_batch)
+        x_batch, y_batch = tf.cast(x_batch, tf.float32), tf.convert_to_tensor(y_batch)
+        if compiled is None:
+            compiled = tf.function(batch_outputs).get_concrete_function(
+                tf.TensorSpec((None,) + tuple(x_batch.shape[1:]), x_batch.dtype),
+                tf.TensorSpec((None,) + tuple(y_batch.shape[1:]), y_batch.dtype),
+            )
+        clean_logits, adversarial_logits = compiled(x_batch, y_batch)
         clean_accuracy.update_state(y_batch, clean_logits)
         adversarial_accuracy.update_state(y_batch, adversarial_logits)
         stability.update_state(clean_logits, adversarial_logits)
