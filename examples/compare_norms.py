@@ -17,10 +17,11 @@ Saved models (any Keras classifiers of the same data set; labels before '='):
 
     python examples/compare_norms.py --models=natural=runs/a/model.keras,trades=runs/b/model.keras
 
-Full scale (CIFAR-10, the paper's settings; one architecture per call; GPUs):
+Full scale (CIFAR-10, the paper's settings; one architecture per call, e.g. the
+paper's vgg11, resnet18, senet18 or regnetx_200mf; GPUs):
 
     python examples/compare_norms.py --dataset=cifar10 --data_dir=~/tensorflow_datasets \
-        --model=preact_resnet18 --epochs=120 --batch_size=128 --lr=0.1 --milestones=75,90,100 \
+        --model=resnet18 --epochs=120 --batch_size=128 --lr=0.1 --milestones=75,90,100 \
         --eps=0.031 --step_size=0.007 --attack_steps=10 --eval_eps=0.03137254901960784 \
         --apgd_iter=100 --eval_examples=1024 --output_dir=runs/compare_norms_cifar10
 """
@@ -44,7 +45,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", "digits", sorted(data.DATASETS), "Data set ('digits' is embedded and offline).")
 flags.DEFINE_string("data_dir", None, "tensorflow-datasets directory with pre-downloaded data.")
 flags.DEFINE_integer("image_size", 16, "Side of the upsampled 'digits' images.")
-flags.DEFINE_enum("model", "small_cnn", ["small_cnn", "wrn", "preact_resnet18"], "Architecture.")
+flags.DEFINE_enum("model", "small_cnn", list(experiments.CLASSIFIERS), "Architecture.")
 flags.DEFINE_integer("width", 16, "small_cnn base width / WRN widening factor.")
 flags.DEFINE_integer("depth", 10, "WRN depth.")
 flags.DEFINE_list("methods", ["natural", "pgd", "trades", "alp"], "Training methods to compare.")

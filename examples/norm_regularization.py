@@ -15,11 +15,11 @@ CPU default (embedded digits data, small CNN, about 5 minutes on 2 cores):
 
     python examples/norm_regularization.py
 
-Full scale (CIFAR-10, the paper's grid and schedule; one model per call, e.g.
-PreAct-ResNet-18; the paper's VGG/ResNet/SENet/RegNet are not in tfnorms.models):
+Full scale (CIFAR-10, the paper's grid and schedule; one model per call: the
+paper's vgg11, resnet18, senet18 or regnetx_200mf):
 
     python examples/norm_regularization.py --dataset=cifar10 --data_dir=~/tensorflow_datasets \
-        --model=preact_resnet18 --epochs=120 --batch_size=128 --lr=0.01 --milestones=75,90,100 \
+        --model=resnet18 --epochs=120 --batch_size=128 --lr=0.01 --milestones=75,90,100 \
         --factors=1e-5,1e-4,1e-3,1e-2,1e-1 --clip_values=2,1.5,1,0.5,0.1 --svc_every=100 \
         --eps=0.00392156862745098 --eval_examples=1024 --attack=apgd --apgd_iter=100 --output_dir=runs/norm_reg_cifar10
 """
@@ -42,7 +42,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", "digits", sorted(data.DATASETS), "Data set ('digits' is embedded and offline).")
 flags.DEFINE_string("data_dir", None, "tensorflow-datasets directory with pre-downloaded data.")
 flags.DEFINE_integer("image_size", 16, "Side of the upsampled 'digits' images.")
-flags.DEFINE_enum("model", "small_cnn", ["small_cnn", "wrn", "preact_resnet18"], "Architecture.")
+flags.DEFINE_enum("model", "small_cnn", list(experiments.CLASSIFIERS), "Architecture.")
 flags.DEFINE_integer("width", 16, "small_cnn base width / WRN widening factor.")
 flags.DEFINE_integer("depth", 10, "WRN depth.")
 flags.DEFINE_list("methods", ["none", "nd_l1", "nd_linf", "wd", "svc"],

@@ -39,7 +39,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", "cifar10", sorted(data.DATASETS), "Data set ('digits' is embedded and offline).")
 flags.DEFINE_string("data_dir", None, "tensorflow-datasets directory with pre-downloaded data.")
 flags.DEFINE_integer("image_size", 16, "Side of the upsampled images of the 'digits' data set.")
-flags.DEFINE_enum("model", "wrn", ["wrn", "preact_resnet18", "small_cnn"], "Architecture.")
+flags.DEFINE_enum("model", "wrn", list(experiments.CLASSIFIERS), "Architecture.")
 flags.DEFINE_integer("depth", 34, "WideResNet depth (6n + 4).")
 flags.DEFINE_integer("width", 10, "WideResNet widening factor (small_cnn: base width).")
 # Adversarial training.

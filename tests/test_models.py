@@ -71,3 +71,84 @@ def test_other_models_and_input_normalization():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         models.wide_resnet(**kwargs)
+
+
+# ---------------------------------------------------------------- Liang & Huang's CIFAR models
+
+PAPER_MODELS = [  # trainable parameters of the PyTorch definitions for 10 classes
+    (models.vgg11, 9_231_114),
+    (models.resnet18, 11_173_962),
+    (models.senet18, 11_260_354),
+    (models.regnetx_200mf, 2_321_946),
+]
+
+
+@pytest.mark.parametrize("build,expected", PAPER_MODELS, ids=lambda v: getattr(v, "__name__", str(v)))
+def test_paper_models_parameter_counts_layout_and_norms(build, expected):
+    model = build()
+    assert trainable(model) == expected and model.output_shape == (None, 10)
+    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert bns and all(bn.epsilon == 1e-5 and bn.momentum == 0.9 for bn in bns)
+    for conv in (l for l in model.layers if isinstance(l, keras.layers.Conv2D)):
+        kh, kw, c_in, _ = conv.kernel.shape
+        bound = 1.0 / np.sqrt(kh * kw * c_in)  # PyTorch's default U(+-1/sqrt(fan_in)), per group
+        assert np.abs(conv.kernel.numpy()).max() <= bound + 1e-7
+        if conv.use_bias:
+            assert np.abs(conv.bias.numpy()).max() <= bound + 1e-7
+        if conv.strides == (2, 2) and conv.kernel_size == (3, 3):  # PyTorch's symmetric padding=1
+            assert norms.conv_geometry(conv)["padding"] == ((1, 1), (1, 1))
+    # Every layer with weights has an exact norm (grouped convs, SE convs on 1x1 maps included).
+    assert norms.unsupported_layers(model) == []
+    values = norms.model_norms(model, ord=1)
+    assert len(values) == len([l for l in model.layers if norms.is_supported(l)])
+    assert all(np.isfinite(float(v)) and float(v) > 0 for v in values.values())
+
+
+def test_squeeze_excitation_convs_see_1x1_maps_and_have_dense_norms():
+    model = models.senet18()
+    se1 = model.get_layer("stage3_0_se1")
+    assert norms.conv_geometry(se1)["input_shape"] == (1, 1)
+    dense_view = se1.kernel.numpy()[0, 0]  # (c_in, c_out) Dense kernel
+    for ord, dense_norm in ((1, norms.dense_l1_norm), (np.inf, norms.dense_linf_norm)):
+        np.testing.assert_allclose(float(norms.layer_norm(se1, ord)), float(dense_norm(dense_view)), rtol=1e-6)
+
+
+def test_regnet_grouped_convolutions():
+    model = models.regnetx_200mf()
+    groups = [model.get_layer(f"stage{s}_0_conv2").groups for s in range(1, 5)]
+    assert groups == [3, 7, 19, 46]  # channels 24, 56, 152, 368 / group width 8
+
+
+@pytest.mark.parametrize("build", [models.resnet18, models.senet18, models.regnetx_200mf])
+def test_paper_models_take_small_inputs(build):
+    model = build(num_classes=3, input_shape=(16, 16, 1))
+    assert model(np.zeros((2, 16, 16, 1), "float32")).shape == (2, 3)
+
+
+def test_vgg11_input_size_and_class_count_are_checked():
+    with pytest.raises(ValueError, match="`input_shape`.*multiples of 32"):
+        models.vgg11(input_shape=(16, 16, 1))
+    with pytest.raises(ValueError, match="`num_classes`"):
+        models.resnet18(num_classes=1)
+    assert models.vgg11(num_classes=100, input_shape=(64, 32, 3)).output_shape == (None, 100)
+
+
+def test_grouped_paper_model_saves_and_loads(tmp_path):
+    model = models.regnetx_200mf(input_shape=(16, 16, 3))
+    x = np.random.default_rng(0).random((2, 16, 16, 3)).astype("float32")
+    path = tmp_path / "regnet.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(loaded(x, training=False).numpy(), model(x, training=False).numpy(), atol=1e-5)
+
+
+def test_build_classifier_knows_every_architecture():
+    from tfnorms import data, experiments
+
+    info = data.dataset_info("cifar10")
+    for name in experiments.CLASSIFIERS:
+        model = experiments.build_classifier(name, info, depth=10, width=1)
+        assert model.output_shape == (None, 10), name
+    assert experiments.build_classifier("senet18", info).name == "senet18"
+    with pytest.raises(ValueError, match="`name`.*'regnetx_200mf'"):
+        experiments.build_classifier("vgg16", info)

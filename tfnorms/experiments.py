@@ -57,16 +57,37 @@ __all__ = [
 TRAINING_METHODS = ("natural", "pgd", "pgd_lambda", "trades", "mart", "alp")
 
 
+# Liang & Huang's four CIFAR models (methods.md §1.9), built by name with no size arguments.
+_FIXED_ARCHITECTURES = {
+    "preact_resnet18": models.preact_resnet18,
+    "vgg11": models.vgg11,
+    "resnet18": models.resnet18,
+    "senet18": models.senet18,
+    "regnetx_200mf": models.regnetx_200mf,
+}
+CLASSIFIERS = ("wrn", "small_cnn", *_FIXED_ARCHITECTURES)
+
+
 def build_classifier(name, info, depth=34, width=10):
-    """``"wrn"`` (WideResNet-depth-width), ``"preact_resnet18"`` or ``"small_cnn"`` (base width ``width``)."""
+    """A model of :mod:`tfnorms.models` for the data set described by ``info``.
+
+    Args:
+        name: one of :data:`CLASSIFIERS`: ``"wrn"`` (WideResNet-``depth``-``width``),
+            ``"small_cnn"`` (base width ``width``), ``"preact_resnet18"``, or
+            Liang & Huang's ``"vgg11"``, ``"resnet18"``, ``"senet18"``,
+            ``"regnetx_200mf"``.
+        info: a :class:`tfnorms.data.DatasetInfo` (classes and image shape).
+        depth: WideResNet depth.
+        width: WideResNet widening factor or small-CNN base width.
+    """
     if name == "wrn":
         return models.wide_resnet(depth, width, info.num_classes, info.image_shape)
-    if name == "preact_resnet18":
-        return models.preact_resnet18(info.num_classes, info.image_shape)
     if name == "small_cnn":
         return models.small_cnn(info.num_classes, info.image_shape, width=width)
+    if name in _FIXED_ARCHITECTURES:
+        return _FIXED_ARCHITECTURES[name](info.num_classes, info.image_shape)
     raise ValueError(
-        "Invalid value for argument `name`. Expected one of 'wrn', 'preact_resnet18', 'small_cnn'. "
+        f"Invalid value for argument `name`. Expected one of {', '.join(map(repr, CLASSIFIERS))}. "
         f"Received: name={name!r}"
     )
 

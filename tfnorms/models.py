@@ -1,12 +1,16 @@
-"""Reference CNNs: TRADES-style WideResNet, PreAct-ResNet-18 and a small CNN.
+"""Reference CNNs: TRADES-style WideResNet, PreAct-ResNet-18, Liang & Huang's four models, a small CNN.
 
 All models take images in [0, 1] and return logits. Layers follow the PyTorch
 reference code (methods.md §6) so that parameter counts, layer norms and
 results compare with the papers: BatchNorm ``epsilon=1e-5, momentum=0.9``
-(PyTorch's 1e-5 / 0.1), bias-free convolutions with fan-out He-normal
-initialisation, and strided 3x3 convolutions as ``ZeroPadding2D(1)`` followed
-by ``"valid"`` (PyTorch's symmetric ``padding=1``; TensorFlow's ``"same"``
-would pad (0, 1) on even inputs).
+(PyTorch's 1e-5 / 0.1), and strided 3x3 convolutions as ``ZeroPadding2D(1)``
+followed by ``"valid"`` (PyTorch's symmetric ``padding=1``; TensorFlow's
+``"same"`` would pad (0, 1) on even inputs). The WideResNet and PreAct-ResNet
+use bias-free convolutions with fan-out He-normal initialisation, as the
+TRADES code; :func:`vgg11`, :func:`resnet18`, :func:`senet18` and
+:func:`regnetx_200mf` are the CIFAR definitions Liang & Huang train
+(methods.md §1.9, the pytorch-cifar models) with PyTorch's default
+initialisation, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for kernels and biases.
 """
 
 from __future__ import annotations
@@ -23,16 +27,36 @@ def _conv_init():
     return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
 
 
+def _torch_default_init():
+    # PyTorch's default for Conv2d / Linear weights (kaiming_uniform, a=sqrt(5)): U(+-1/sqrt(fan_in)).
+    return keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform")
+
+
+def _torch_default_bias(fan_in):
+    bound = 1.0 / fan_in**0.5
+    return keras.initializers.RandomUniform(-bound, bound)
+
+
+def _conv(x, filters, kernel_size, stride, name, groups=1, torch_default=False, use_bias=False):
+    """A Conv2D with PyTorch's symmetric padding ``(kernel_size - 1) // 2``.
+
+    ``torch_default`` selects PyTorch's default initialisation (kuangliu's
+    models), otherwise the TRADES code's fan-out He normal.
+    """
+    padding = (kernel_size - 1) // 2
+    kwargs = dict(groups=groups, use_bias=use_bias, name=name)
+    kwargs["kernel_initializer"] = _torch_default_init() if torch_default else _conv_init()
+    if use_bias:
+        kwargs["bias_initializer"] = _torch_default_bias(int(x.shape[-1]) // groups * kernel_size * kernel_size)
+    if stride == 1 or padding == 0:
+        return keras.layers.Conv2D(filters, kernel_size, strides=stride,
+                                   padding="same" if padding else "valid", **kwargs)(x)
+    x = keras.layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)
+    return keras.layers.Conv2D(filters, kernel_size, strides=stride, padding="valid", **kwargs)(x)
+
+
 def _conv3x3(x, filters, stride, name):
-    if stride == 1:
-        return keras.layers.Conv2D(
-            filters, 3, padding="same", use_bias=False, kernel_initializer=_conv_init(), name=name
-        )(x)
-    x = keras.layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
-    return keras.layers.Conv2D(
-        filters, 3, strides=stride, padding="valid", use_bias=False,
-        kernel_initializer=_conv_init(), name=name,
-    )(x)
+    return _conv(x, filters, 3, stride, name)
 
 
 def _bn_relu(x, name):
@@ -168,6 +192,207 @@ def small_cnn(
         x = _bn_relu(x, f"conv{index}")
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inputs, _dense_logits(x, num_classes), name=name)
+
+
+def _bn(x, name, relu=False):
+    x = keras.layers.BatchNormalization(**_BN_KWARGS, name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+
+def _torch_linear(x, num_classes):
+    fan_in = int(x.shape[-1])
+    return keras.layers.Dense(num_classes, kernel_initializer=_torch_default_init(),
+                              bias_initializer=_torch_default_bias(fan_in), name="logits")(x)
+
+
+def _check_num_classes(num_classes):
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(
+            f"Invalid value for argument `num_classes`. Expected an int >= 2. Received: num_classes={num_classes!r}"
+        )
+
+
+def vgg11(
+    num_classes: int = 10,
+    input_shape: Sequence[int] = (32, 32, 3),
+    normalization: Optional[tuple] = None,
+    name: str = "vgg11",
+) -> keras.Model:
+    """VGG11 with BatchNorm, the CIFAR variant of Liang & Huang's experiments.
+
+    Eight ``conv3x3 (with bias) - BN - ReLU`` stages with 64, 128, 256, 256,
+    512, 512, 512, 512 channels and 2x2 max pooling after the 1st, 2nd, 4th,
+    6th and 8th, then a Dense classifier on the flattened map (1x1x512 for
+    32x32 inputs): 9,231,114 trainable parameters for 10 classes, as the
+    PyTorch definition.
+
+    Args:
+        num_classes: number of logits.
+        input_shape: ``(H, W, C)``; H and W must be multiples of 32 (five poolings).
+        normalization: optional ``(mean, std)`` per channel applied inside the model.
+        name: model name.
+
+    Example:
+        >>> model = vgg11()
+        >>> sum(int(v.numpy().size) for v in model.trainable_variables)
+        9231114
+    """
+    _check_num_classes(num_classes)
+    if any(int(n) % 32 for n in tuple(input_shape)[:2]):
+        raise ValueError(
+            "Invalid value for argument `input_shape`. VGG11 pools five times by 2: height and width "
+            f"must be multiples of 32. Received: input_shape={tuple(input_shape)!r}"
+        )
+    inputs = keras.Input(tuple(input_shape), name="images")
+    x = _normalize(inputs, normalization)
+    for index, filters in enumerate((64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")):
+        if filters == "M":
+            x = keras.layers.MaxPooling2D(2, name=f"pool{index}")(x)
+        else:
+            x = _conv(x, filters, 3, 1, f"conv{index}", torch_default=True, use_bias=True)
+            x = _bn(x, f"conv{index}", relu=True)
+    x = keras.layers.Flatten(name="flatten")(x)
+    return keras.Model(inputs, _torch_linear(x, num_classes), name=name)
+
+
+def _post_activation_block(x, in_filters, filters, stride, name):
+    """ResNet basic block: conv-BN-ReLU-conv-BN, plus the (projected) input, then ReLU."""
+    h = _conv(x, filters, 3, stride, f"{name}_conv1", torch_default=True)
+    h = _bn(h, f"{name}_1", relu=True)
+    h = _conv(h, filters, 3, 1, f"{name}_conv2", torch_default=True)
+    h = _bn(h, f"{name}_2")
+    if stride != 1 or in_filters != filters:
+        x = _conv(x, filters, 1, stride, f"{name}_shortcut", torch_default=True)
+        x = _bn(x, f"{name}_shortcut")
+    x = keras.layers.Add(name=f"{name}_add")([h, x])
+    return keras.layers.ReLU(name=f"{name}_out")(x)
+
+
+def _squeeze_excite(x, reduction, name):
+    """``x * sigmoid(conv1x1(relu(conv1x1(mean over space of x))))``; the 1x1 convs have biases."""
+    filters = int(x.shape[-1])
+    w = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_squeeze")(x)
+    w = _conv(w, filters // reduction, 1, 1, f"{name}_se1", torch_default=True, use_bias=True)
+    w = keras.layers.ReLU(name=f"{name}_se_relu")(w)
+    w = _conv(w, filters, 1, 1, f"{name}_se2", torch_default=True, use_bias=True)
+    w = keras.layers.Activation("sigmoid", name=f"{name}_se_gate")(w)
+    return keras.layers.Multiply(name=f"{name}_excite")([x, w])
+
+
+def _se_preact_block(x, in_filters, filters, stride, name):
+    """SENet18's block: pre-activation conv pair, squeeze-and-excitation (reduction 16), plus the shortcut."""
+    activated = _bn(x, f"{name}_1", relu=True)
+    shortcut = x
+    if stride != 1 or in_filters != filters:  # a bare 1x1 conv on the activated input, no BatchNorm
+        shortcut = _conv(activated, filters, 1, stride, f"{name}_shortcut", torch_default=True)
+    h = _conv(activated, filters, 3, stride, f"{name}_conv1", torch_default=True)
+    h = _bn(h, f"{name}_2", relu=True)
+    h = _conv(h, filters, 3, 1, f"{name}_conv2", torch_default=True)
+    h = _squeeze_excite(h, 16, name)
+    return keras.layers.Add(name=f"{name}_add")([h, shortcut])
+
+
+def _resnet(block, num_classes, input_shape, normalization, name):
+    _check_num_classes(num_classes)
+    inputs = keras.Input(tuple(input_shape), name="images")
+    x = _normalize(inputs, normalization)
+    x = _bn(_conv(x, 64, 3, 1, "conv1", torch_default=True), "conv1", relu=True)
+    in_filters = 64
+    for stage, (filters, stride) in enumerate(zip((64, 128, 256, 512), (1, 2, 2, 2)), start=1):
+        for index in range(2):
+            x = block(x, in_filters, filters, stride if index == 0 else 1, f"stage{stage}_{index}")
+            in_filters = filters
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, _torch_linear(x, num_classes), name=name)
+
+
+def resnet18(
+    num_classes: int = 10,
+    input_shape: Sequence[int] = (32, 32, 3),
+    normalization: Optional[tuple] = None,
+    name: str = "resnet18",
+) -> keras.Model:
+    """ResNet-18 (post-activation basic blocks), the CIFAR variant of Liang & Huang's experiments.
+
+    Stem ``conv3x3(64) - BN - ReLU``; four stages of two blocks with 64, 128,
+    256, 512 channels and strides 1, 2, 2, 2 (1x1 conv + BN shortcuts where
+    the shape changes); global average pooling (PyTorch's ``avg_pool2d(4)`` on
+    32x32 inputs) and a Dense classifier: 11,173,962 trainable parameters for
+    10 classes, as the PyTorch definition.
+
+    Example:
+        >>> model = resnet18()
+        >>> sum(int(v.numpy().size) for v in model.trainable_variables)
+        11173962
+    """
+    return _resnet(_post_activation_block, num_classes, input_shape, normalization, name)
+
+
+def senet18(
+    num_classes: int = 10,
+    input_shape: Sequence[int] = (32, 32, 3),
+    normalization: Optional[tuple] = None,
+    name: str = "senet18",
+) -> keras.Model:
+    """SENet-18: ResNet-18's layout with pre-activation squeeze-and-excitation blocks (Liang & Huang's SENet18).
+
+    Each block: BN-ReLU, conv3x3, BN-ReLU, conv3x3, then a squeeze-and-excitation
+    gate (global mean, 1x1 conv to ``c / 16`` channels, ReLU, 1x1 conv back,
+    sigmoid; the 1x1 convs have biases and see 1x1 maps, so their operator
+    norms are those of Dense layers), plus the input or a bias-free 1x1 conv of
+    the activated input. No BN-ReLU after the last stage, as the PyTorch
+    definition: 11,260,354 trainable parameters for 10 classes.
+
+    Example:
+        >>> model = senet18()
+        >>> sum(int(v.numpy().size) for v in model.trainable_variables)
+        11260354
+    """
+    return _resnet(_se_preact_block, num_classes, input_shape, normalization, name)
+
+
+def _regnet_block(x, in_filters, filters, stride, group_width, name):
+    """RegNetX block (bottleneck ratio 1, no SE): 1x1 - grouped 3x3 (stride) - 1x1, each with BN, plus shortcut."""
+    groups = filters // group_width
+    h = _bn(_conv(x, filters, 1, 1, f"{name}_conv1", torch_default=True), f"{name}_1", relu=True)
+    h = _bn(_conv(h, filters, 3, stride, f"{name}_conv2", groups=groups, torch_default=True), f"{name}_2", relu=True)
+    h = _bn(_conv(h, filters, 1, 1, f"{name}_conv3", torch_default=True), f"{name}_3")
+    if stride != 1 or in_filters != filters:
+        x = _bn(_conv(x, filters, 1, stride, f"{name}_shortcut", torch_default=True), f"{name}_shortcut")
+    x = keras.layers.Add(name=f"{name}_add")([h, x])
+    return keras.layers.ReLU(name=f"{name}_out")(x)
+
+
+def regnetx_200mf(
+    num_classes: int = 10,
+    input_shape: Sequence[int] = (32, 32, 3),
+    normalization: Optional[tuple] = None,
+    name: str = "regnetx_200mf",
+) -> keras.Model:
+    """RegNetX-200MF, the CIFAR variant of Liang & Huang's experiments (grouped convolutions).
+
+    Stem ``conv3x3(64) - BN - ReLU``; stages of 1, 1, 4 and 7 blocks with
+    24, 56, 152, 368 channels, strides 1, 1, 2, 2 and group width 8 (so the
+    3x3 convolutions have 3, 7, 19 and 46 groups); global average pooling and
+    a Dense classifier: 2,321,946 trainable parameters for 10 classes, as the
+    PyTorch definition.
+
+    Example:
+        >>> model = regnetx_200mf()
+        >>> sum(int(v.numpy().size) for v in model.trainable_variables)
+        2321946
+    """
+    _check_num_classes(num_classes)
+    inputs = keras.Input(tuple(input_shape), name="images")
+    x = _normalize(inputs, normalization)
+    x = _bn(_conv(x, 64, 3, 1, "conv1", torch_default=True), "conv1", relu=True)
+    in_filters = 64
+    for stage, (depth, filters, stride) in enumerate(zip((1, 1, 4, 7), (24, 56, 152, 368), (1, 1, 2, 2)), start=1):
+        for index in range(depth):
+            x = _regnet_block(x, in_filters, filters, stride if index == 0 else 1, 8, f"stage{stage}_{index}")
+            in_filters = filters
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, _torch_linear(x, num_classes), name=name)
 
 
 def _normalize(x, normalization):
