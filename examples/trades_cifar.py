@@ -156,7 +156,8 @@ def train(method, log_dir, train_ds, val_ds, info, strategy, extra_callbacks=())
     ]
     if FLAGS.svc_clip > 0:
         fit_callbacks.append(callbacks.SingularValueClipping(FLAGS.svc_clip, every_n_steps=FLAGS.svc_every))
-    model.fit(train_ds, epochs=FLAGS.epochs, validation_data=val_ds, callbacks=fit_callbacks, verbose=2)
+    # shuffle=False: the tf.data pipeline shuffles (Keras warns that it would ignore shuffle=True).
+    model.fit(train_ds, epochs=FLAGS.epochs, validation_data=val_ds, callbacks=fit_callbacks, verbose=2, shuffle=False)
     return classifier
 
 

@@ -162,9 +162,12 @@ def train_classifier(
         clip_to, every = svc
         fit_callbacks.append(callbacks.SingularValueClipping(clip_to, every_n_steps=every))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "input ran out of data" style notices of tiny runs
+        # Keras' notice at the end of a finite data set; other warnings (e.g. layers that
+        # SingularValueClipping skips) stay visible.
+        warnings.filterwarnings("ignore", message=".*ran out of data.*", category=UserWarning)
+        # shuffle=False: the tf.data pipeline shuffles (Keras would warn that it ignores shuffle=True).
         history = model.fit(train_ds, epochs=epochs, callbacks=fit_callbacks, validation_data=validation_data,
-                            verbose=verbose)
+                            verbose=verbose, shuffle=False)
     return {key: [float(v) for v in values] for key, values in history.history.items()}
 
 
