@@ -375,7 +375,9 @@ def regnetx_200mf(
     24, 56, 152, 368 channels, strides 1, 1, 2, 2 and group width 8 (so the
     3x3 convolutions have 3, 7, 19 and 46 groups); global average pooling and
     a Dense classifier: 2,321,946 trainable parameters for 10 classes, as the
-    PyTorch definition.
+    PyTorch definition. On CPUs Keras runs grouped convolutions through XLA
+    (TensorFlow has no CPU kernel for them), which makes this model several
+    times slower to train there than its size suggests.
 
     Example:
         >>> model = regnetx_200mf()

@@ -228,8 +228,8 @@ class NormDecay(keras.regularizers.Regularizer):
 
     Works on ``Conv2D`` kernels ``(kh, kw, c_in // groups, c_out)``,
     ``Dense`` kernels ``(in, out)`` and, with ``depthwise=True``,
-    ``DepthwiseConv2D`` kernels ``(kh, kw, c_in, multiplier)``. The penalty is the exact norm (not a
-    bound), so the gradient Keras adds to the kernel is the exact
+    ``DepthwiseConv2D`` kernels ``(kh, kw, c_in, multiplier)``. The penalty
+    is the exact norm (not a bound), so the gradient Keras adds to the kernel is the exact
     sub-gradient ``factor * sign(W)`` on the maximal group (for ``ord=1``: one
     input channel and one stride class of kernel positions, all output
     channels; for ``ord=inf``: one output filter) and zero elsewhere. With
