@@ -6,13 +6,19 @@ run. Methods per kernel shape:
 
 * ``ours_l1``, ``ours_linf``: :func:`tfnorms.norms.conv2d_l1_norm` /
   ``conv2d_linf_norm`` with the input size, compiled with XLA;
-* ``power_iteration``: 500 iterations of power iteration on the conv operator
-  (:func:`tfnorms.norms.conv2d_spectral_norm` with ``tol=0``);
+* ``power_iteration``: 500 iterations of single-vector power iteration on the
+  conv operator (:func:`tfnorms.norms.conv2d_spectral_norm` with ``tol=0``,
+  ``block_size=1``), the paper's baseline;
 * ``fft_svd``: the reference FFT+SVD formulation (full ``n x n`` complex FFT of
   the padded kernel, complex SVD of all ``n**2`` transfer matrices);
 * ``ours_fft_spectral``: our real-FFT + realified-Gram spectral norm (circular).
 
-Also times all l1 and l_inf norms of every layer of a WRN-34-10 in one call.
+Also times all l1 and l_inf norms of every layer of a WRN-34-10 in one call,
+and compares the zero-padding spectral norm with one power-iteration vector
+against the default block of 4 (time and relative error at the default
+stopping rule) on two operators: a small one whose two largest singular values
+nearly coincide (error against a dense SVD) and a WRN-sized 3x3 layer (error
+against a float64 run of a block of 8 for 3000 iterations).
 
 Usage:
     python benchmarks/norm_speed.py            # full run (a few minutes on 2 cores)
@@ -76,7 +82,7 @@ def benchmark_shape(k, c_in, c_out, repeats, power_iterations, rng):
         lambda w: norms.conv2d_spectral_norm(w, input_shape=INPUT, padding="circular")
     )
     power = tf.function(
-        lambda w: norms.conv2d_spectral_norm(w, **common, tol=0.0, max_iter=power_iterations)
+        lambda w: norms.conv2d_spectral_norm(w, **common, tol=0.0, max_iter=power_iterations, block_size=1)
     )
     fft_svd = tf.function(lambda w: reference_fft_svd(w, INPUT))
     slow_repeats = 1 if power_iterations >= 100 else 3
@@ -87,6 +93,33 @@ def benchmark_shape(k, c_in, c_out, repeats, power_iterations, rng):
         "fft_svd": median_seconds(lambda: fft_svd(kernel), 3),
         "power_iteration": median_seconds(lambda: power(kernel), slow_repeats),
     }
+
+
+def spectral_block_rows(quick):
+    """Single-vector versus block power iteration: seconds and relative error at the default ``tol``."""
+    near_degenerate = np.random.default_rng(76).uniform(-0.3, 0.3, (2, 3, 3, 4))  # sigma_2 / sigma_1 = 0.99956
+    args = dict(input_shape=(5, 7), strides=(1, 2), padding="valid")
+    size = 5 * 7 * 3
+    basis = np.eye(size).reshape((size, 5, 7, 3))
+    dense = tf.nn.conv2d(basis, near_degenerate, (1, 1, 2, 1), "VALID").numpy().reshape(size, -1)
+    cases = [("2x3 3->4 on 5x7, stride (1, 2), valid", near_degenerate, args, np.linalg.norm(dense, 2))]
+    c_in, c_out, hw = (4, 8, 8) if quick else (16, 64, 32)
+    wide = np.random.default_rng(0).normal(size=(3, 3, c_in, c_out)) * 0.05
+    wide_args = dict(input_shape=(hw, hw), padding="same")
+    reference = float(norms.conv2d_spectral_norm(wide, **wide_args, block_size=8, tol=0.0,
+                                                 max_iter=300 if quick else 3000))
+    cases.append((f"3x3 {c_in}->{c_out} on {hw}x{hw}, same", wide, wide_args, reference))
+    rows = []
+    for label, kernel, kwargs, exact in cases:
+        kernel = tf.constant(kernel.astype(np.float32))
+        for block_size in (1, 4):
+            def estimate(kernel=kernel, kwargs=kwargs, block_size=block_size):
+                return norms.conv2d_spectral_norm(kernel, **kwargs, block_size=block_size)
+            seconds = median_seconds(estimate, 1 if quick else 3)
+            error = abs(float(estimate()) - exact) / exact
+            rows.append(dict(operator=label, block_size=block_size, median_seconds=seconds, relative_error=error))
+            print(f"{label:>40} block {block_size}: {seconds:7.2f} s, relative error {error:.1e}")
+    return rows
 
 
 def wrn_all_norms_seconds(depth, width, repeats):
@@ -130,12 +163,15 @@ def main(argv):
     print(f"All l1 and l_inf norms of the {layers} layers of a WRN-{depth}-{width}: {seconds * 1e3:.1f} ms")
     rows.append(dict(shape=f"WRN-{depth}-{width} ({layers} layers)", method="ours_all_l1_linf",
                      median_seconds=seconds, ratio_to_ours=1.0))
+    print("Zero-padding spectral norm, default stopping rule (tol 1e-7, max_iter 1000):")
+    spectral_rows = spectral_block_rows(FLAGS.quick)
     result = dict(
         benchmark="norm_speed",
         machine=machine_facts(tensorflow=tf.__version__),
         input=list(INPUT),
         power_iterations=iterations,
         rows=rows,
+        spectral_block=spectral_rows,
     )
     write_json(result, FLAGS.output)
 

@@ -26,6 +26,9 @@ def test_norm_speed_quick(tmp_path):
     methods = {row["method"] for row in result["rows"]}
     assert {"ours_l1", "ours_linf", "fft_svd", "power_iteration", "ours_all_l1_linf"} <= methods
     assert all(row["median_seconds"] > 0 for row in result["rows"])
+    near_degenerate = [row for row in result["spectral_block"] if row["operator"].startswith("2x3")]
+    assert [row["block_size"] for row in near_degenerate] == [1, 4]
+    assert near_degenerate[1]["relative_error"] < 1e-5 < near_degenerate[0]["relative_error"]
 
 
 def test_regularizer_overhead_quick(tmp_path):
