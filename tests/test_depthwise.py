@@ -216,9 +216,12 @@ def test_groups_stay_one_with_depthwise(cls):
         cls(*args, groups=3, depthwise=True)
 
 
-def test_depthwise_switch_on_a_dense_kernel_is_reported():
+@pytest.mark.parametrize("adapter", [
+    NormDecay(depthwise=True), MaxOperatorNorm(1.0, depthwise=True), SingularValueClip(1.0, depthwise=True),
+])
+def test_depthwise_switch_on_a_dense_kernel_is_reported(adapter):
     with pytest.raises(ValueError, match="depthwise=True expects a DepthwiseConv2D kernel"):
-        NormDecay(depthwise=True)(np.ones((4, 3), "float32"))
+        adapter(np.ones((4, 3), "float32"))
 
 
 def test_norm_decay_on_a_bias_is_reported():

@@ -119,14 +119,14 @@ class SingularValueClip(keras.constraints.Constraint):
     def __call__(self, w):
         w = tf.convert_to_tensor(w)
         _check_rank(w, "SingularValueClip")
-        if w.shape.rank == 2:
-            return norms.dense_clip_singular_values(w, self.clip_to, self.method)
+        kernel, geom, back = operator_kernel(w, {"groups": self.groups}, self.depthwise)
+        if kernel.shape.rank == 2:
+            return norms.dense_clip_singular_values(kernel, self.clip_to, self.method)
         if self.input_shape is None:
             raise ValueError(
                 "SingularValueClip on a Conv2D kernel needs the layer's input size: pass "
                 "`input_shape=(H, W)` or call tfnorms.constraints.configure_constraints(model)."
             )
-        kernel, geom, back = operator_kernel(w, {"groups": self.groups}, self.depthwise)
         for _ in range(self.passes):
             kernel = norms.conv2d_clip_singular_values(
                 kernel, self.clip_to, input_shape=self.input_shape, groups=geom["groups"], method=self.method
