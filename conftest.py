@@ -1,6 +1,7 @@
 """Test session set-up: quiet TensorFlow, two logical CPUs for distribution tests."""
 
 import os
+import zlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -17,6 +18,7 @@ except RuntimeError:  # already initialised (e.g. imported by a plugin first)
     pass
 
 
+import keras  # noqa: E402
 import pytest  # noqa: E402
 
 
@@ -42,9 +44,5 @@ def deterministic_seeds(request):
     different tests still see different numbers. Set TFNORMS_TEST_SEED to
     shift every seed and explore other draws locally.
     """
-    import zlib
-
-    import keras
-
     offset = int(os.environ.get("TFNORMS_TEST_SEED", "0"))
     keras.utils.set_random_seed((zlib.crc32(request.node.nodeid.encode()) + offset) % 2**31)

@@ -25,9 +25,10 @@ OpenMP threads slow down badly when other processes hold the cores. Pass
 counting alone predicts about 1.44x for ours over the reference in float32
 (27 against 39 forward-pass equivalents, an input-gradient backward counted as
 one and a weight-and-input backward as two); the remainder of the measured
-ratio is kernel speed, which ``fp32_vs_pytorch_same_passes`` measures alone. Whether ``mixed_bfloat16`` pays off depends on the CPU
-(its bf16 instructions and TensorFlow's oneDNN kernels for them): the CPU
-model, family and bf16 flags go in the JSON.
+ratio is kernel speed, which ``fp32_vs_pytorch_same_passes`` measures alone.
+Whether ``mixed_bfloat16`` pays off depends on the CPU (its bf16 instructions
+and TensorFlow's oneDNN kernels for them): the CPU model, family and bf16
+flags go in the JSON.
 
 Usage:
     python benchmarks/train_step_throughput.py            # full run (several minutes on 2 cores)

@@ -59,14 +59,14 @@ def _conv3x3(x, filters, stride, name):
     return _conv(x, filters, 3, stride, name)
 
 
-def _bn_relu(x, name):
+def _bn(x, name, relu=False):
     x = keras.layers.BatchNormalization(**_BN_KWARGS, name=f"{name}_bn")(x)
-    return keras.layers.ReLU(name=f"{name}_relu")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 
 def _basic_block(x, in_filters, out_filters, stride, dropout, name):
     """Pre-activation block; the shortcut convolution sees the activated input."""
-    activated = _bn_relu(x, f"{name}_1")
+    activated = _bn(x, f"{name}_1", relu=True)
     if in_filters == out_filters and stride == 1:
         shortcut = x
     else:
@@ -75,7 +75,7 @@ def _basic_block(x, in_filters, out_filters, stride, dropout, name):
             kernel_initializer=_conv_init(), name=f"{name}_shortcut",
         )(activated)
     h = _conv3x3(activated, out_filters, stride, f"{name}_conv1")
-    h = _bn_relu(h, f"{name}_2")
+    h = _bn(h, f"{name}_2", relu=True)
     if dropout:
         h = keras.layers.Dropout(dropout, name=f"{name}_dropout")(h)
     h = _conv3x3(h, out_filters, 1, f"{name}_conv2")
@@ -189,20 +189,9 @@ def small_cnn(
     x = inputs
     for index, (filters, stride) in enumerate(((width, 1), (2 * width, 2), (2 * width, 1)), start=1):
         x = _conv3x3(x, filters, stride, f"conv{index}")
-        x = _bn_relu(x, f"conv{index}")
+        x = _bn(x, f"conv{index}", relu=True)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inputs, _dense_logits(x, num_classes), name=name)
-
-
-def _bn(x, name, relu=False):
-    x = keras.layers.BatchNormalization(**_BN_KWARGS, name=f"{name}_bn")(x)
-    return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
-
-
-def _torch_linear(x, num_classes):
-    fan_in = int(x.shape[-1])
-    return keras.layers.Dense(num_classes, kernel_initializer=_torch_default_init(),
-                              bias_initializer=_torch_default_bias(fan_in), name="logits")(x)
 
 
 def _check_num_classes(num_classes):
@@ -252,7 +241,7 @@ def vgg11(
             x = _conv(x, filters, 3, 1, f"conv{index}", torch_default=True, use_bias=True)
             x = _bn(x, f"conv{index}", relu=True)
     x = keras.layers.Flatten(name="flatten")(x)
-    return keras.Model(inputs, _torch_linear(x, num_classes), name=name)
+    return keras.Model(inputs, _dense_logits(x, num_classes, torch_default_bias=True), name=name)
 
 
 def _post_activation_block(x, in_filters, filters, stride, name):
@@ -292,18 +281,28 @@ def _se_preact_block(x, in_filters, filters, stride, name):
     return keras.layers.Add(name=f"{name}_add")([h, shortcut])
 
 
-def _resnet(block, num_classes, input_shape, normalization, name):
+def _torch_stem(num_classes, input_shape, normalization):
+    """Checks ``num_classes``; returns the input and ``conv3x3(64) - BN - ReLU`` of the pytorch-cifar models."""
     _check_num_classes(num_classes)
     inputs = keras.Input(tuple(input_shape), name="images")
     x = _normalize(inputs, normalization)
-    x = _bn(_conv(x, 64, 3, 1, "conv1", torch_default=True), "conv1", relu=True)
+    return inputs, _bn(_conv(x, 64, 3, 1, "conv1", torch_default=True), "conv1", relu=True)
+
+
+def _pooled_torch_head(inputs, x, num_classes, name):
+    """Global average pooling and a Dense classifier with PyTorch's default init."""
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, _dense_logits(x, num_classes, torch_default_bias=True), name=name)
+
+
+def _resnet(block, num_classes, input_shape, normalization, name):
+    inputs, x = _torch_stem(num_classes, input_shape, normalization)
     in_filters = 64
     for stage, (filters, stride) in enumerate(zip((64, 128, 256, 512), (1, 2, 2, 2)), start=1):
         for index in range(2):
             x = block(x, in_filters, filters, stride if index == 0 else 1, f"stage{stage}_{index}")
             in_filters = filters
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    return keras.Model(inputs, _torch_linear(x, num_classes), name=name)
+    return _pooled_torch_head(inputs, x, num_classes, name)
 
 
 def resnet18(
@@ -384,17 +383,13 @@ def regnetx_200mf(
         >>> sum(int(v.numpy().size) for v in model.trainable_variables)
         2321946
     """
-    _check_num_classes(num_classes)
-    inputs = keras.Input(tuple(input_shape), name="images")
-    x = _normalize(inputs, normalization)
-    x = _bn(_conv(x, 64, 3, 1, "conv1", torch_default=True), "conv1", relu=True)
+    inputs, x = _torch_stem(num_classes, input_shape, normalization)
     in_filters = 64
     for stage, (depth, filters, stride) in enumerate(zip((1, 1, 4, 7), (24, 56, 152, 368), (1, 1, 2, 2)), start=1):
         for index in range(depth):
             x = _regnet_block(x, in_filters, filters, stride if index == 0 else 1, 8, f"stage{stage}_{index}")
             in_filters = filters
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    return keras.Model(inputs, _torch_linear(x, num_classes), name=name)
+    return _pooled_torch_head(inputs, x, num_classes, name)
 
 
 def _normalize(x, normalization):
@@ -404,16 +399,14 @@ def _normalize(x, normalization):
     return keras.layers.Normalization(mean=mean, variance=[s * s for s in std], name="normalize")(x)
 
 
-def _dense_logits(x, num_classes):
-    # PyTorch nn.Linear default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)); reference sets bias to 0.
-    return keras.layers.Dense(
-        num_classes,
-        kernel_initializer=keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform"),
-        name="logits",
-    )(x)
+def _dense_logits(x, num_classes, torch_default_bias=False):
+    """PyTorch nn.Linear's default kernel init; bias 0 (TRADES code) or PyTorch's default U(+-1/sqrt(fan_in))."""
+    bias = _torch_default_bias(int(x.shape[-1])) if torch_default_bias else "zeros"
+    return keras.layers.Dense(num_classes, kernel_initializer=_torch_default_init(), bias_initializer=bias,
+                              name="logits")(x)
 
 
 def _classifier_head(inputs, x, num_classes, name):
-    x = _bn_relu(x, "final")
+    x = _bn(x, "final", relu=True)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inputs, _dense_logits(x, num_classes), name=name)
