@@ -238,7 +238,15 @@ def depthwise_as_grouped(kernel) -> tuple[tf.Tensor, int]:
 
 
 def grouped_as_depthwise(grouped, depthwise_shape) -> tf.Tensor:
-    """Inverse of :func:`depthwise_as_grouped`: a ``(kh, kw, 1, c_in * m)`` tensor back to ``depthwise_shape``."""
+    """Inverse of :func:`depthwise_as_grouped`: a ``(kh, kw, 1, c_in * m)`` tensor back to ``depthwise_shape``.
+
+    Example:
+        >>> import numpy as np
+        >>> kernel = np.arange(24, dtype="float32").reshape(2, 2, 3, 2)
+        >>> grouped, _ = depthwise_as_grouped(kernel)
+        >>> bool(np.array_equal(grouped_as_depthwise(grouped, kernel.shape), kernel))
+        True
+    """
     return tf.reshape(grouped, tuple(depthwise_shape))
 
 
