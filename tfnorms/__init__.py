@@ -9,13 +9,14 @@ Example:
 __version__ = "0.1.0"
 
 from tfnorms import norms  # noqa: E402
+from tfnorms._keras import UnboundWarning, bind  # noqa: E402
 from tfnorms import attacks, metrics  # noqa: E402
 from tfnorms.training import AdversarialTrainer  # noqa: E402
 from tfnorms import callbacks, constraints, regularizers  # noqa: E402
 from tfnorms.constraints import MaxBatchNormNorm, MaxOperatorNorm, SingularValueClip  # noqa: E402
 from tfnorms.regularizers import NormDecay, NormDecayMomentum  # noqa: E402
 
-__all__ = ["norms", "__version__"]
+__all__ = ["norms", "__version__", "UnboundWarning", "bind"]
 __all__ += ["AdversarialTrainer", "attacks", "metrics"]
 __all__ += [
     "MaxBatchNormNorm",

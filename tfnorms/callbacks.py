@@ -18,20 +18,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfnorms import norms
-from tfnorms.regularizers import ord_name, validate_nonnegative, validate_ords
+from tfnorms import _args, _keras, norms
+from tfnorms.war import WidthAdjustedRegularization  # re-exported: a callback of the width study
 
-__all__ = ["LayerNormLogger", "SingularValueClipping"]
-
-
-def _validate_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"Invalid value for argument `{name}`. Expected a positive int. Received: {name}={value!r}")
-    return int(value)
-
-
-def _layers(model):
-    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)]
+__all__ = ["LayerNormLogger", "SingularValueClipping", "WidthAdjustedRegularization"]
 
 
 def _spatial_known(shape):
@@ -88,13 +78,9 @@ class SingularValueClipping(keras.callbacks.Callback):
 
     def __init__(self, clip_to=1.0, every_n_steps=100, method="gram", include_dense=True, jit_compile=False):
         super().__init__()
-        self.clip_to = validate_nonnegative(clip_to, "clip_to", strict=True)
-        self.every_n_steps = _validate_positive_int(every_n_steps, "every_n_steps")
-        if method not in ("gram", "svd", "hermitian"):
-            raise ValueError(
-                f'Invalid value for argument `method`. Expected one of "gram", "svd", "hermitian". Received: method={method!r}'
-            )
-        self.method = method
+        self.clip_to = _args.positive(clip_to, "clip_to")
+        self.every_n_steps = _args.positive_int(every_n_steps, "every_n_steps")
+        self.method = _args.choice(method, "method", norms.SVC_METHODS)
         self.include_dense = bool(include_dense)
         self.jit_compile = bool(jit_compile)
         self._gate = _StepGate(self.every_n_steps)
@@ -103,7 +89,7 @@ class SingularValueClipping(keras.callbacks.Callback):
 
     def _targets(self):
         targets, skipped = [], []
-        for layer in _layers(self.model):
+        for layer in _keras.flatten_layers(self.model):
             if isinstance(layer, keras.layers.Dense) and self.include_dense and layer.built:
                 targets.append((layer, None))
             elif isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) and layer.built:
@@ -153,6 +139,7 @@ class SingularValueClipping(keras.callbacks.Callback):
         return list(self._targets_paths)
 
     def on_train_begin(self, logs=None):
+        _keras.bind(self.model)
         self._build()
         self._gate.reset(int(self.model.optimizer.iterations.numpy()))
 
@@ -230,22 +217,14 @@ class LayerNormLogger(keras.callbacks.Callback):
         if not isinstance(log_dir, (str, os.PathLike)):
             raise ValueError(f"Invalid value for argument `log_dir`. Expected a path. Received: log_dir={log_dir!r}")
         self.log_dir = os.fspath(log_dir)
-        self.ords = validate_ords(ords, allowed=(1, 2, np.inf), name="ords")
+        self.ords = _args.ords(ords, "ords", allowed=(1, 2, np.inf))
         if update_freq != "epoch":
-            if isinstance(update_freq, bool) or not isinstance(update_freq, (int, np.integer)) or update_freq < 1:
-                raise ValueError(
-                    'Invalid value for argument `update_freq`. Expected "epoch" or a positive int. '
-                    f"Received: update_freq={update_freq!r}"
-                )
+            if not isinstance(update_freq, (int, np.integer)) or isinstance(update_freq, bool) or update_freq < 1:
+                raise _args.invalid("update_freq", '"epoch" or an int >= 1', update_freq)
             update_freq = int(update_freq)
         self.update_freq = update_freq
-        if l2_method not in ("power", "bound"):
-            raise ValueError(
-                'Invalid value for argument `l2_method`. Expected one of "power", "bound". '
-                f"Received: l2_method={l2_method!r}"
-            )
-        self.l2_method = l2_method
-        self.power_iterations = _validate_positive_int(power_iterations, "power_iterations")
+        self.l2_method = _args.choice(l2_method, "l2_method", ("power", "bound"))
+        self.power_iterations = _args.positive_int(power_iterations, "power_iterations")
         self.jit_compile = bool(jit_compile)
         self._writer = None
         self._function = None
@@ -257,7 +236,7 @@ class LayerNormLogger(keras.callbacks.Callback):
         """List of ``(path, ord, compute)`` with ``compute()`` returning a scalar tensor."""
         plan, skipped = [], []
         self._vectors = {}
-        for layer in _layers(self.model):
+        for layer in _keras.flatten_layers(self.model):
             if not norms.is_supported(layer) or not layer.built:
                 continue
             is_conv = isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
@@ -337,7 +316,7 @@ class LayerNormLogger(keras.callbacks.Callback):
             else:
                 how = "conv layers: FFT norm of the circular convolution on an enlarged torus (upper bound)"
             return f"Spectral (l2) operator norm; Dense/BatchNorm exact; {how}."
-        return f"Exact {ord_name(ord)} operator norm (closed form)."
+        return f"Exact {_args.ord_name(ord)} operator norm (closed form)."
 
     def write(self, step):
         """Computes every norm and writes the summaries at ``step``."""
@@ -346,7 +325,7 @@ class LayerNormLogger(keras.callbacks.Callback):
         values = self.compute_norms()
         with self._writer.as_default(step=int(step)):
             for ord in self.ords:
-                name = ord_name(ord)
+                name = _args.ord_name(ord)
                 layer_values = [(path, v) for (path, o), v in values.items() if o == ord]
                 for path, value in layer_values:
                     tf.summary.scalar(f"norms/{path}/{name}", value, description=self._description(ord))
@@ -363,6 +342,7 @@ class LayerNormLogger(keras.callbacks.Callback):
     # -- callback hooks
 
     def on_train_begin(self, logs=None):
+        _keras.bind(self.model)
         self._build()
         if self.update_freq != "epoch":
             self._gate = _StepGate(self.update_freq)
@@ -392,7 +372,3 @@ class LayerNormLogger(keras.callbacks.Callback):
             "power_iterations": self.power_iterations,
             "jit_compile": self.jit_compile,
         }
-
-from tfnorms.war import WidthAdjustedRegularization  # noqa: E402  (ratio-matching lambda schedule)
-
-__all__ += ["WidthAdjustedRegularization"]

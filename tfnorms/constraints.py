@@ -16,25 +16,12 @@ is in :mod:`tfnorms.norms`.
 
 from __future__ import annotations
 
+import warnings
+
 import keras
-import numpy as np
 import tensorflow as tf
 
-from tfnorms import norms
-from tfnorms.regularizers import (
-    CONV_LAYERS,
-    conv_layers_with,
-    geometry_to_config,
-    kernel_attribute,
-    layer_geometry_config,
-    operator_kernel,
-    ords_to_config,
-    reset_compiled_functions,
-    validate_conv_geometry,
-    validate_depthwise,
-    validate_nonnegative,
-    validate_ords,
-)
+from tfnorms import _args, _keras, norms
 
 __all__ = ["MaxBatchNormNorm", "MaxOperatorNorm", "SingularValueClip", "configure_constraints"]
 
@@ -42,11 +29,7 @@ _MODES = ("all", "max_group")
 
 
 def _validate_mode(mode):
-    if mode not in _MODES:
-        raise ValueError(
-            f'Invalid value for argument `mode`. Expected one of "all", "max_group". Received: mode={mode!r}'
-        )
-    return mode
+    return _args.choice(mode, "mode", _MODES)
 
 
 def _check_rank(w, name):
@@ -98,34 +81,40 @@ class SingularValueClip(keras.constraints.Constraint):
     """
 
     def __init__(self, clip_to=1.0, input_shape=None, groups=1, method="gram", passes=1, depthwise=False):
-        self.clip_to = validate_nonnegative(clip_to, "clip_to", strict=True)
-        if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or passes < 1:
-            raise ValueError(
-                f"Invalid value for argument `passes`. Expected a positive int. Received: passes={passes!r}"
-            )
-        self.passes = int(passes)
-        geom = validate_conv_geometry(input_shape, 1, "same", 1, groups)
+        self.clip_to = _args.positive(clip_to, "clip_to")
+        self.passes = _args.positive_int(passes, "passes")
+        geom = _keras.validate_conv_geometry(input_shape, 1, "same", 1, groups)
         self.input_shape = geom["input_shape"]
         if self.input_shape is not None and None in self.input_shape:
             self.input_shape = None
         self.groups = geom["groups"]
-        self.depthwise = validate_depthwise(depthwise, self.groups)
-        if method not in ("gram", "svd", "hermitian"):
-            raise ValueError(
-                f'Invalid value for argument `method`. Expected one of "gram", "svd", "hermitian". Received: method={method!r}'
-            )
-        self.method = method
+        self.depthwise = _keras.validate_depthwise(depthwise, self.groups)
+        self.method = _args.choice(method, "method", norms.SVC_METHODS)
+
+    def bind_to(self, layer, variable):
+        """This constraint with ``layer``'s input size, groups and depthwise switch (itself if unchanged)."""
+        _keras.require_kernel(self, layer, variable)
+        if isinstance(layer, keras.layers.Dense):
+            return self
+        where = _keras.describe(layer, variable)
+        geometry = _keras.layer_geometry_config(layer, with_padding=False)
+        if geometry["input_shape"] is None:
+            raise ValueError(f"SingularValueClip on {where}: the layer's input size is unknown.")
+        if max(layer.dilation_rate) > 1:
+            raise ValueError(f"SingularValueClip on {where}: dilated convolutions are not supported.")
+        config = {**self.get_config(), **geometry}
+        return self if config == self.get_config() else SingularValueClip.from_config(config)
 
     def __call__(self, w):
         w = tf.convert_to_tensor(w)
         _check_rank(w, "SingularValueClip")
-        kernel, geom, back = operator_kernel(w, {"groups": self.groups}, self.depthwise)
+        kernel, geom, back = _keras.operator_kernel(w, {"groups": self.groups}, self.depthwise)
         if kernel.shape.rank == 2:
             return norms.dense_clip_singular_values(kernel, self.clip_to, self.method)
         if self.input_shape is None:
             raise ValueError(
-                "SingularValueClip on a Conv2D kernel needs the layer's input size: pass "
-                "`input_shape=(H, W)` or call tfnorms.constraints.configure_constraints(model)."
+                "SingularValueClip on a Conv2D kernel needs the layer's input size: call "
+                "tfnorms.bind(model) once the model is built, or pass `input_shape=(H, W)`."
             )
         for _ in range(self.passes):
             kernel = norms.conv2d_clip_singular_values(
@@ -145,7 +134,7 @@ class SingularValueClip(keras.constraints.Constraint):
 
 
 @keras.saving.register_keras_serializable(package="tfnorms")
-class MaxOperatorNorm(keras.constraints.Constraint):
+class MaxOperatorNorm(_keras.LayerGeometry, keras.constraints.Constraint):
     """Keeps the exact l1 or l_inf operator norm of a Dense/Conv2D kernel at most ``max_value``.
 
     The norm is the largest l1 norm over groups of kernel entries (see
@@ -160,10 +149,11 @@ class MaxOperatorNorm(keras.constraints.Constraint):
     * ``mode="max_group"``: only the maximal group is projected, as in
       Liang & Huang's ``project``; other groups may stay above the bound.
 
-    Geometry arguments as in :class:`tfnorms.NormDecay` (and filled in by
-    :func:`configure_constraints`); without them a Conv2D is treated as stride
-    1 on a large input, whose l1 groups contain those of any stride, so the
-    bound still holds (conservatively) for strided layers.
+    Geometry arguments as in :class:`tfnorms.NormDecay`, filled in by
+    ``tfnorms.bind(model)``. Unbound on a conv kernel, it warns once and
+    treats the kernel as a stride-1 Conv2D on a large input, whose l1 groups
+    contain those of any stride (the bound still holds, conservatively, for
+    strided Conv2D layers; for a DepthwiseConv2D kernel it over-projects).
 
     Args:
         max_value: the bound (> 0).
@@ -189,39 +179,31 @@ class MaxOperatorNorm(keras.constraints.Constraint):
         ord=1,
         mode="all",
         input_shape=None,
-        strides=1,
-        padding="same",
-        dilation_rate=1,
-        groups=1,
-        depthwise=False,
+        strides=None,
+        padding=None,
+        dilation_rate=None,
+        groups=None,
+        depthwise=None,
     ):
-        self.max_value = validate_nonnegative(max_value, "max_value", strict=True)
-        self.ords = validate_ords(ord)
+        self.max_value = _args.positive(max_value, "max_value")
+        self.ords = _args.ords(ord)
         self.mode = _validate_mode(mode)
-        self.geometry = validate_conv_geometry(input_shape, strides, padding, dilation_rate, groups)
-        self.depthwise = validate_depthwise(depthwise, self.geometry["groups"])
+        self._init_geometry(input_shape, strides, padding, dilation_rate, groups, depthwise)
 
     def __call__(self, w):
-        w = tf.convert_to_tensor(w)
-        _check_rank(w, "MaxOperatorNorm")
+        _check_rank(tf.convert_to_tensor(w), "MaxOperatorNorm")
         project = norms.project_operator_norm if self.mode == "all" else norms.project_max_group
-        kernel, geom, back = operator_kernel(w, self.geometry, self.depthwise)
+        kernel, geom, back = self.operator(w)
         for ord in self.ords:
             kernel = project(kernel, self.max_value, ord, **geom)
         return back(kernel)
 
-    def with_geometry(self, **geometry_args):
-        config = self.get_config()
-        config.update(geometry_args)
-        return type(self).from_config(config)
-
     def get_config(self):
         return {
             "max_value": self.max_value,
-            "ord": ords_to_config(self.ords),
+            "ord": _args.ords_to_config(self.ords),
             "mode": self.mode,
-            **geometry_to_config(self.geometry),
-            "depthwise": self.depthwise,
+            **self._geometry_config(),
         }
 
 
@@ -248,10 +230,20 @@ class MaxBatchNormNorm(keras.constraints.Constraint):
     """
 
     def __init__(self, max_value=5.0, mode="all"):
-        self.max_value = validate_nonnegative(max_value, "max_value", strict=True)
+        self.max_value = _args.positive(max_value, "max_value")
         self.mode = _validate_mode(mode)
         self._moving_variance = None
         self._epsilon = None
+
+    def bind_to(self, layer, variable):
+        """This constraint bound to ``layer`` (itself if already bound to it); see ``tfnorms.bind``."""
+        if not (isinstance(layer, keras.layers.BatchNormalization) and variable is getattr(layer, "gamma", None)):
+            raise ValueError(
+                f"MaxBatchNormNorm on {_keras.describe(layer, variable)}: it constrains BatchNormalization gamma."
+            )
+        if self._moving_variance is layer.moving_variance and self._epsilon == float(layer.epsilon):
+            return self
+        return self.bind(layer)
 
     def bind(self, layer):
         """Returns a copy reading ``moving_variance`` and ``epsilon`` from ``layer``."""
@@ -273,8 +265,8 @@ class MaxBatchNormNorm(keras.constraints.Constraint):
         if not self.is_bound:
             raise ValueError(
                 "MaxBatchNormNorm is not bound to its BatchNormalization layer: call "
-                "tfnorms.constraints.configure_constraints(model) after building the model "
-                "(also after loading a saved model)."
+                "tfnorms.bind(model) (which replaces configure_constraints) once the model is built or "
+                "loaded; AdversarialTrainer and the tfnorms callbacks do it for you."
             )
         w = tf.convert_to_tensor(w)
         variance = tf.cast(tf.convert_to_tensor(self._moving_variance), w.dtype)
@@ -285,64 +277,10 @@ class MaxBatchNormNorm(keras.constraints.Constraint):
 
 
 def configure_constraints(model):
-    """Fills in the layer information that the constraints of a built model need.
-
-    * :class:`SingularValueClip` on a Conv2D or DepthwiseConv2D kernel: the
-      input size (read through :func:`tfnorms.norms.conv_geometry`),
-      ``groups`` and ``depthwise``.
-    * :class:`MaxOperatorNorm` on a Conv2D or DepthwiseConv2D kernel:
-      strides, padding, dilation, groups, ``depthwise`` and input size.
-    * :class:`MaxBatchNormNorm` on a BatchNormalization ``gamma``: binds it to
-      the layer's moving variance and epsilon.
-
-    Each layer gets its own configured copy (shared instances are safe); the
-    geometry is part of the config and survives ``model.save`` (the
-    BatchNorm binding does not: call this again after loading). Compiled
-    train functions are reset.
-
-    Args:
-        model: a built ``keras.Model``.
+    """Deprecated: ``tfnorms.bind(model)`` binds every regularizer and constraint.
 
     Returns:
-        A dict from weight path to the configured constraint.
-
-    Raises:
-        ValueError: for a constraint on a weight it does not support, or a
-            Conv2D whose input size is unknown (SingularValueClip).
+        ``{weight path: constraint}`` for every weight with a tfnorms constraint.
     """
-    if not model.built:
-        raise ValueError(f"Model {model.name!r} is not built: call it on an input first.")
-    ours = (SingularValueClip, MaxOperatorNorm, MaxBatchNormNorm)
-    configured = {}
-    for layer, variable, constraint in conv_layers_with(
-        model, lambda v: v.constraint if isinstance(v.constraint, ours) else None
-    ):
-        where = f"weight {variable.path!r} of layer {layer.name!r} ({type(layer).__name__})"
-        if isinstance(constraint, MaxBatchNormNorm):
-            if not (isinstance(layer, keras.layers.BatchNormalization) and variable is layer.gamma):
-                raise ValueError(f"MaxBatchNormNorm on {where}: it constrains BatchNormalization gamma.")
-            new = constraint.bind(layer)
-            layer.gamma_constraint = new
-        elif isinstance(layer, keras.layers.Dense) and variable is layer.kernel:
-            new = constraint
-        elif isinstance(layer, CONV_LAYERS) and variable is layer.kernel:
-            if isinstance(constraint, SingularValueClip):
-                geometry = layer_geometry_config(layer, with_padding=False)
-                if geometry["input_shape"] is None:
-                    raise ValueError(f"SingularValueClip on {where}: the layer's input size is unknown.")
-                if max(layer.dilation_rate) > 1:
-                    raise ValueError(f"SingularValueClip on {where}: dilated convolutions are not supported.")
-                config = constraint.get_config()
-                config.update(geometry)
-                new = SingularValueClip.from_config(config)
-            else:
-                new = constraint.with_geometry(**layer_geometry_config(layer))
-            setattr(layer, kernel_attribute(layer, "constraint"), new)
-        else:
-            raise ValueError(
-                f"{type(constraint).__name__} on {where}: supported are Conv2D, DepthwiseConv2D and Dense kernels."
-            )
-        variable.constraint = new
-        configured[variable.path] = new
-    reset_compiled_functions(model)
-    return configured
+    warnings.warn("configure_constraints is deprecated: use tfnorms.bind(model).", DeprecationWarning, stacklevel=2)
+    return _keras.bind(model)["constraints"]

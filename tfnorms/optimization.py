@@ -12,9 +12,13 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import keras
+
+from tfnorms import _args, _keras
+from tfnorms.regularizers import Sum
 
 
 def piecewise_learning_rate(
@@ -55,23 +59,17 @@ def piecewise_learning_rate(
     return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
 
 
-class _Sum:
-    """Adds an L2 penalty to a variable's existing regularizer."""
-
-    def __init__(self, existing, extra):
-        self.existing, self.extra = existing, extra
-
-    def __call__(self, x):
-        return self.existing(x) + self.extra(x)
-
-
 def add_coupled_weight_decay(model: keras.Model, weight_decay: float) -> int:
     """Adds ``weight_decay / 2 * ||w||^2`` to every trainable variable of ``model``.
 
     Its gradient is ``weight_decay * w``: PyTorch's coupled SGD weight decay
     (BatchNorm scales/offsets and biases included, as in the reference
-    runs). Existing regularizers (e.g. norm decay) are kept and summed.
-    The penalty appears in ``model.losses`` and so in the training loss.
+    runs). An existing regularizer (e.g. norm decay) is kept: both are
+    summed in a :class:`tfnorms.regularizers.Sum`, which tfnorms still sees
+    through. The penalty appears in ``model.losses`` (so in the training
+    loss) and is set where Keras saves it, so it survives ``model.save`` /
+    ``keras.models.load_model``; a variable of a custom layer without a
+    ``*_regularizer`` argument gets it too, with a warning that it is not saved.
 
     Returns:
         The number of variables that received the penalty.
@@ -81,16 +79,20 @@ def add_coupled_weight_decay(model: keras.Model, weight_decay: float) -> int:
         >>> add_coupled_weight_decay(model, 2e-4)
         2
     """
-    if weight_decay < 0:
-        raise ValueError(
-            f"Invalid value for argument `weight_decay`. Expected >= 0. Received: weight_decay={weight_decay!r}"
-        )
+    weight_decay = _args.nonnegative(weight_decay, "weight_decay")
     if weight_decay == 0:
         return 0
     l2 = keras.regularizers.L2(weight_decay / 2.0)
-    count = 0
+    owners = _keras.owner_of(model)
+    unsaved = []
     for variable in model.trainable_variables:
-        existing = variable.regularizer
-        variable.regularizer = l2 if existing is None else _Sum(existing, l2)
-        count += 1
-    return count
+        layer = owners.get(id(variable), model)
+        if not _keras.attach(layer, variable, "regularizer", Sum.of(variable.regularizer, l2)):
+            unsaved.append(variable.path)
+    if unsaved:
+        warnings.warn(
+            "add_coupled_weight_decay: these variables' layers have no constructor argument for a "
+            f"regularizer, so the weight decay on them is not saved with the model: {', '.join(unsaved)}.",
+            stacklevel=2,
+        )
+    return len(model.trainable_variables)

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfnorms import _args, _keras
 from tfnorms.norms import geometry
 from tfnorms.norms.operator_norms import (
     batch_norm_norm,
@@ -31,15 +32,8 @@ ORDS = (1, 2, np.inf)
 
 
 def validate_ord(ord):
-    """Returns ``ord`` as ``1``, ``2`` or ``numpy.inf``, or raises ``ValueError``."""
-    if not isinstance(ord, bool) and isinstance(ord, (int, float, np.integer, np.floating)):
-        for accepted in ORDS:
-            if ord == accepted:
-                return accepted
-    raise ValueError(
-        "Invalid value for argument `ord`. Expected one of 1, 2, numpy.inf "
-        f"(as in numpy.linalg.norm). Received: ord={ord!r}"
-    )
+    """Returns ``ord`` as ``1``, ``2`` or ``numpy.inf`` (spellings as in ``tfnorms.NormDecay``), or raises."""
+    return _args.single_ord(ord, "ord", ORDS)
 
 
 def is_supported(layer) -> bool:
@@ -49,15 +43,7 @@ def is_supported(layer) -> bool:
 
 def _first_shape(layer):
     """The input shape the layer was built with, or ``None``."""
-    try:
-        return tuple(layer.input.shape)
-    except (AttributeError, ValueError, RuntimeError):
-        pass
-    shapes = getattr(layer, "_build_shapes_dict", None) or {}
-    for value in shapes.values():
-        if value is not None:
-            return tuple(value)
-    return None
+    return _keras.built_input_shape(layer)
 
 
 def _spatial(shape, data_format) -> Tuple[Optional[int], Optional[int]]:
@@ -69,10 +55,7 @@ def _spatial(shape, data_format) -> Tuple[Optional[int], Optional[int]]:
 
 def _preceding_zero_padding(layer):
     """The ``ZeroPadding2D`` layer feeding ``layer`` in a functional graph, if any."""
-    nodes = getattr(layer, "_inbound_nodes", [])
-    if len(nodes) != 1 or len(nodes[0].parent_nodes) != 1:
-        return None
-    parent = nodes[0].parent_nodes[0].operation
+    parent = _keras.feeding_layer(layer)
     if isinstance(parent, keras.layers.ZeroPadding2D) and parent.data_format == layer.data_format:
         return parent
     return None
@@ -185,18 +168,12 @@ def layer_norm(layer, ord, *, input_shape=None, fold_padding=True) -> tf.Tensor:
     return (conv2d_l1_norm if ord == 1 else conv2d_linf_norm)(**geom)
 
 
-def _own_variables(layer):
-    return list(getattr(layer, "_trainable_variables", [])) + list(
-        getattr(layer, "_non_trainable_variables", [])
-    )
-
-
 def unsupported_layers(model):
     """Layers of ``model`` that own weights but have no norm here."""
     return [
         layer
-        for layer in model._flatten_layers(include_self=False, recursive=True)
-        if not is_supported(layer) and _own_variables(layer)
+        for layer in _keras.flatten_layers(model)
+        if not is_supported(layer) and _keras.own_variables(layer)
     ]
 
 
@@ -223,11 +200,7 @@ def model_norms(model, ord, *, on_unsupported="warn", fold_padding=True) -> Dict
         ['net/conv', 'net/fc']
     """
     ord = validate_ord(ord)
-    if on_unsupported not in ("warn", "raise", "ignore"):
-        raise ValueError(
-            "Invalid value for argument `on_unsupported`. Expected one of "
-            f'"warn", "raise", "ignore". Received: on_unsupported={on_unsupported!r}'
-        )
+    _args.choice(on_unsupported, "on_unsupported", ("warn", "raise", "ignore"))
     if not model.built:
         raise ValueError(f"Model {model.name!r} is not built: call it on an input first.")
     skipped = unsupported_layers(model)
@@ -239,6 +212,6 @@ def model_norms(model, ord, *, on_unsupported="warn", fold_padding=True) -> Dict
         warnings.warn(message, stacklevel=2)
     return {
         layer.path: layer_norm(layer, ord, fold_padding=fold_padding)
-        for layer in model._flatten_layers(include_self=False, recursive=True)
+        for layer in _keras.flatten_layers(model)
         if is_supported(layer)
     }

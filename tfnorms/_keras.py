@@ -1,0 +1,426 @@
+"""The one place where tfnorms meets Keras: traversal, geometry, attaching, binding.
+
+* Traversal: :func:`flatten_layers`, :func:`own_variables`, :func:`owner_of`.
+* Geometry: what a Conv2D / DepthwiseConv2D layer's operator is
+  (:func:`layer_geometry_config`, :func:`built_input_shape`,
+  :func:`feeding_layer`), the checks of the geometry arguments of the
+  regularizers and constraints (:func:`validate_conv_geometry`), and the
+  Keras-layout kernel as the operator :mod:`tfnorms.norms` expects
+  (:func:`operator_kernel`).
+* Attaching: :func:`attach` puts a regularizer or constraint where Keras both
+  uses it (the variable) and saves it (the layer's constructor argument).
+* Binding: :func:`bind` (public as ``tfnorms.bind``) gives every tfnorms
+  regularizer and constraint the geometry of the layer it sits on.
+
+Private Keras attributes (no public equivalent in Keras 3); each is pinned by
+``tests/test_keras_glue.py`` so a Keras change breaks a test, not a result:
+
+* ``Layer._flatten_layers``: all layers, nested ones included (``model.layers``
+  lists only the top level and misses layers inside subclassed layers).
+* ``Layer._build_shapes_dict``: the input shape a layer was built with when it
+  is not part of a functional graph (``layer.input`` then raises).
+* ``Layer._inbound_nodes`` / ``Node.parent_nodes``: the layer that feeds a conv
+  (to fold a preceding ``ZeroPadding2D``).
+* ``Optimizer._var_key``: the optimizer's key for a variable (one key for the
+  per-replica copies of a distributed variable).
+* ``Optimizer._variables``: an optimizer's own variables, without those of an
+  optimizer it wraps; ``Optimizer._trainable_variables``: those it was built for.
+
+Example:
+    >>> import keras, tfnorms
+    >>> model = keras.Sequential([keras.Input((9, 9, 1)),
+    ...     keras.layers.Conv2D(2, 3, strides=2, kernel_regularizer=tfnorms.NormDecay())])
+    >>> bound = tfnorms.bind(model)
+    >>> model.layers[0].kernel_regularizer.geometry["strides"]
+    (2, 2)
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+
+from tfnorms import _args
+
+CONV_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+KINDS = ("regularizer", "constraint")
+
+
+class UnboundWarning(UserWarning):
+    """A tfnorms regularizer or constraint runs without its layer's geometry."""
+
+
+# ---------------------------------------------------------------- private Keras attributes
+
+
+def flatten_layers(model, include_self=False):
+    """Every layer of ``model``, nested ones included, each once, in Keras' order."""
+    return list(model._flatten_layers(include_self=include_self, recursive=True))
+
+
+def own_variables(layer):
+    """The variables that ``layer`` itself creates (not those of its sublayers), in creation order."""
+    nested = {id(v) for sub in flatten_layers(layer) for v in sub.weights}
+    return [v for v in layer.weights if id(v) not in nested]
+
+
+def built_input_shape(layer):
+    """The full input shape ``layer`` was built with, or ``None``."""
+    try:
+        return tuple(layer.input.shape)
+    except (AttributeError, ValueError, RuntimeError):
+        pass
+    for value in (getattr(layer, "_build_shapes_dict", None) or {}).values():
+        if value is not None:
+            return tuple(value)
+    return None
+
+
+def feeding_layer(layer):
+    """The single layer feeding ``layer`` in a functional graph, or ``None``."""
+    nodes = getattr(layer, "_inbound_nodes", [])
+    if len(nodes) != 1 or len(nodes[0].parent_nodes) != 1:
+        return None
+    return nodes[0].parent_nodes[0].operation
+
+
+def variable_key(optimizer, variable):
+    """The key ``optimizer`` uses for ``variable`` (stable across replicas)."""
+    return optimizer._var_key(variable)
+
+
+def optimizer_own_variables(optimizer):
+    """The variables an optimizer created itself (a wrapper's, without the wrapped optimizer's)."""
+    return optimizer._variables[:]
+
+
+def optimizer_trainable_variables(optimizer):
+    """The variables a built optimizer was built for."""
+    return optimizer._trainable_variables
+
+
+# ---------------------------------------------------------------- traversal and attaching
+
+
+def owner_of(model):
+    """``{id(variable): layer}`` for every variable of ``model`` (the model's own included)."""
+    owners = {}
+    for layer in flatten_layers(model, include_self=True):
+        for variable in own_variables(layer):
+            owners.setdefault(id(variable), layer)
+    return owners
+
+
+def weight_attribute(layer, variable, kind):
+    """The constructor argument of ``layer`` that holds ``variable``'s ``kind`` ("regularizer" or "constraint").
+
+    ``None`` when the layer has no such argument (a custom layer): Keras then
+    cannot save what is set on the variable.
+    """
+    name = variable.name
+    if isinstance(layer, keras.layers.DepthwiseConv2D) and name == "kernel":
+        name = "depthwise"
+    elif name.endswith("_kernel") and name != "kernel":
+        name = name[: -len("_kernel")]  # SeparableConv2D: depthwise_kernel -> depthwise_regularizer
+    attribute = f"{name}_{kind}"
+    return attribute if hasattr(layer, attribute) else None
+
+
+def attach(layer, variable, kind, obj):
+    """Sets ``obj`` as ``variable``'s ``kind`` where Keras applies it and where it saves it.
+
+    Returns:
+        ``True`` if it is saved with the model (the layer has the constructor
+        argument), ``False`` if only the variable holds it.
+    """
+    setattr(variable, kind, obj)
+    attribute = weight_attribute(layer, variable, kind)
+    if attribute is None:
+        return False
+    setattr(layer, attribute, obj)
+    return True
+
+
+def reset_compiled_functions(model):
+    """Makes ``fit`` / ``evaluate`` / ``predict`` re-trace after a regularizer or constraint changed.
+
+    A function Keras already made is re-made rather than dropped, so this is
+    safe inside ``fit`` (from a callback's ``on_train_begin``).
+    """
+    for kind in ("train", "test", "predict"):
+        if getattr(model, f"{kind}_function", None) is not None:
+            getattr(model, f"make_{kind}_function")(force=True)
+
+
+# ---------------------------------------------------------------- geometry
+
+
+def validate_conv_geometry(input_shape, strides, padding, dilation_rate, groups):
+    """Checks conv geometry arguments; returns them in a JSON-friendly normal form."""
+    from tfnorms.norms import geometry
+    from tfnorms.norms.operator_norms import normalize_input_shape
+
+    shape = normalize_input_shape(None if input_shape is None else tuple(input_shape))
+    strides, dilation_rate = geometry.check_stride_dilation(
+        tuple(strides) if isinstance(strides, list) else strides,
+        tuple(dilation_rate) if isinstance(dilation_rate, list) else dilation_rate,
+    )
+    pads = geometry.normalize_padding(padding)
+    if isinstance(pads[0], str):
+        if pads[0] != pads[1]:
+            raise _args.invalid("padding", '"same", "valid" or ((top, bottom), (left, right))', padding)
+        padding = pads[0]
+    else:
+        padding = tuple(tuple(p) for p in pads)
+    return dict(
+        input_shape=None if shape == (None, None) else shape,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation_rate,
+        groups=_args.positive_int(groups, "groups"),
+    )
+
+
+def validate_depthwise(depthwise, groups):
+    """Checks the ``depthwise`` switch; ``groups`` must stay 1 with it (one group per channel is implied)."""
+    depthwise = _args.boolean(depthwise, "depthwise")
+    if depthwise and groups != 1:
+        raise _args.invalid("groups", "1 with depthwise=True (one group per input channel is implied)", groups)
+    return depthwise
+
+
+def geometry_to_config(geom):
+    """JSON-safe copy of a validated geometry dict (tuples become lists)."""
+
+    def listify(value):
+        return [listify(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+    return {key: listify(value) for key, value in geom.items()}
+
+
+def operator_kernel(kernel, geometry, depthwise):
+    """A kernel in the layout :mod:`tfnorms.norms` expects, the geometry to pass with it, and the way back.
+
+    Dense kernels come back unchanged with no geometry; Conv2D kernels with
+    ``geometry``; DepthwiseConv2D kernels (``depthwise=True``) as the
+    equivalent grouped Conv2D kernel with ``groups=c_in``.
+
+    Returns:
+        ``(kernel, geometry, back)`` where ``back`` maps a tensor shaped like
+        the returned kernel (a projection, a mask) to the original layout.
+    """
+    from tfnorms import norms
+
+    if depthwise:
+        if kernel.shape.rank != 4:
+            raise ValueError(
+                "depthwise=True expects a DepthwiseConv2D kernel (rank 4, layout (kh, kw, c_in, "
+                f"multiplier)). Received a tensor of shape {kernel.shape}."
+            )
+        grouped, groups = norms.depthwise_as_grouped(kernel)
+        shape = kernel.shape
+        return grouped, {**geometry, "groups": groups}, lambda t: norms.grouped_as_depthwise(t, shape)
+    return kernel, (geometry if kernel.shape.rank == 4 else {}), lambda t: t
+
+
+def kernel_operator_norm(kernel, ord, geom):
+    """The l1 (``ord=1``) or l_inf operator norm of a Dense (rank 2) or Conv2D (rank 4) kernel."""
+    from tfnorms import norms
+
+    rank = kernel.shape.rank
+    if rank == 2:
+        return norms.dense_l1_norm(kernel) if ord == 1 else norms.dense_linf_norm(kernel)
+    if rank == 4:
+        function = norms.conv2d_l1_norm if ord == 1 else norms.conv2d_linf_norm
+        return function(kernel, **geom)
+    raise ValueError(
+        "Expected a Dense kernel (rank 2) or a Conv2D kernel (rank 4, layout "
+        f"(kh, kw, c_in, c_out)). Received a tensor of shape {kernel.shape}."
+    )
+
+
+def layer_geometry_config(layer, with_padding=True):
+    """The geometry arguments of the regularizers and constraints, read from a built conv layer.
+
+    Reads :func:`tfnorms.norms.conv_geometry` (which folds a preceding
+    ``ZeroPadding2D``) into JSON-safe values; an unknown input size becomes
+    ``None``. DepthwiseConv2D layers get ``depthwise=True`` and ``groups=1``.
+    """
+    from tfnorms import norms
+
+    geom = norms.conv_geometry(layer)
+    shape = geom["input_shape"]
+    depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
+    padding = geom["padding"]
+    config = dict(
+        input_shape=None if shape is None or None in tuple(shape) else [int(n) for n in shape],
+        groups=1 if depthwise else geom["groups"],
+        depthwise=depthwise,
+    )
+    if with_padding:
+        config.update(
+            strides=list(geom["strides"]),
+            padding=padding if isinstance(padding, str) else [list(p) for p in padding],
+            dilation_rate=list(geom["dilation_rate"]),
+        )
+    return config
+
+
+def describe(layer, variable):
+    """``"weight 'path' of layer 'name' (Type)"`` for messages."""
+    return f"weight {variable.path!r} of layer {layer.name!r} ({type(layer).__name__})"
+
+
+def require_kernel(obj, layer, variable, dense=True):
+    """Raises unless ``variable`` is the kernel of a Conv2D, DepthwiseConv2D (or, with ``dense``, Dense) layer."""
+    allowed = CONV_LAYERS + ((keras.layers.Dense,) if dense else ())
+    if not (isinstance(layer, allowed) and variable is getattr(layer, "kernel", None)):
+        kinds = "Conv2D, DepthwiseConv2D and Dense" if dense else "Conv2D and DepthwiseConv2D"
+        raise ValueError(
+            f"{type(obj).__name__} on {describe(layer, variable)}: supported are {kinds} kernels."
+        )
+
+
+def warn_unbound(obj, weight):
+    """Warns once per object that ``obj`` treats a rank-4 kernel without knowing its layer."""
+    if getattr(obj, "_warned_unbound", False):
+        return
+    object.__setattr__(obj, "_warned_unbound", True)
+    path = getattr(weight, "path", None)
+    where = f"the weight {path!r}" if path else "a rank-4 kernel"
+    warnings.warn(
+        f"{type(obj).__name__} on {where} is not bound to its layer: a kernel does not tell the layer's "
+        "strides, padding, dilation, input size or whether it is a DepthwiseConv2D kernel, so it is "
+        "treated as a stride-1 Conv2D kernel on a large input, which can differ from the layer's exact "
+        "norm. Fix: call tfnorms.bind(model) once the model is built (AdversarialTrainer and the tfnorms "
+        "callbacks do it for you; the binding is saved with the model), or pass the geometry arguments.",
+        UnboundWarning,
+        stacklevel=3,
+    )
+
+
+# ---------------------------------------------------------------- binding
+
+
+def _bind_weight(layer, variable, kind, changed, unsaved):
+    obj = getattr(variable, kind, None)
+    binder = getattr(obj, "bind_to", None)
+    if binder is None:
+        return None
+    new = binder(layer, variable)
+    saved = attach(layer, variable, kind, new)
+    if new is not obj:
+        changed.append(variable.path)
+        if not saved:
+            unsaved.append(variable.path)
+    return new
+
+
+def bind(model, *, reset_functions=True):
+    """Binds every tfnorms regularizer and constraint of a built model to its layer.
+
+    Reads each layer's geometry (strides, padding, dilation, groups,
+    depthwise, input size, a preceding ``ZeroPadding2D``) into every
+    :class:`tfnorms.NormDecay`, :class:`tfnorms.MaxOperatorNorm` and
+    :class:`tfnorms.SingularValueClip` on its kernel, and binds
+    :class:`tfnorms.MaxBatchNormNorm` to its layer's moving variance,
+    through any :class:`tfnorms.regularizers.Sum` with other regularizers.
+    Each layer gets its own bound copy (a shared instance is safe) set both
+    on the variable and on the layer's constructor argument, so the binding
+    is saved with the model. Idempotent: binding again changes nothing and
+    re-traces nothing.
+
+    :class:`tfnorms.AdversarialTrainer` and the tfnorms callbacks call it
+    themselves; call it yourself for a plain ``model.fit``.
+
+    Args:
+        model: a built ``keras.Model``.
+        reset_functions: re-make compiled train / test / predict functions
+            when something changed.
+
+    Returns:
+        ``{"regularizers": {path: obj}, "constraints": {path: obj}}`` for every
+        weight that carries a tfnorms object.
+
+    Raises:
+        ValueError: if the model is not built, or a tfnorms object sits on a
+            weight it does not support (a bias, an RNN kernel, ...).
+
+    Example:
+        >>> import keras, tfnorms
+        >>> model = keras.Sequential([keras.Input((9, 9, 1)), keras.layers.Conv2D(
+        ...     2, 3, strides=2, kernel_regularizer=tfnorms.NormDecay(), name="conv")], name="net")
+        >>> list(tfnorms.bind(model)["regularizers"])
+        ['net/conv/kernel']
+    """
+    if not getattr(model, "built", False):
+        raise ValueError(f"Model {model.name!r} is not built: call it on an input (or build it) first.")
+    result = {"regularizers": {}, "constraints": {}}
+    changed, unsaved = [], []
+    for layer in flatten_layers(model, include_self=True):
+        for variable in own_variables(layer):
+            for kind in KINDS:
+                new = _bind_weight(layer, variable, kind, changed, unsaved)
+                if new is not None:
+                    result[f"{kind}s"][variable.path] = new
+    if unsaved:
+        warnings.warn(
+            f"tfnorms.bind: these weights' layers have no constructor argument for their regularizer or "
+            f"constraint, so Keras will not save it with the model: {', '.join(unsaved)}.",
+            stacklevel=2,
+        )
+    if changed and reset_functions:
+        reset_compiled_functions(model)
+    return result
+
+
+class LayerGeometry:
+    """Mixin of the regularizers and constraints that need a conv layer's geometry.
+
+    Holds ``geometry`` (strides, padding, dilation, groups, input size) and
+    ``depthwise``; ``bound`` is ``True`` once they are known, given by hand or
+    by :func:`bind` (through :meth:`bind_to`). An unbound object used on a
+    rank-4 kernel warns once (:class:`UnboundWarning`) and treats it as a
+    stride-1 Conv2D kernel on a large input.
+    """
+
+    def _init_geometry(self, input_shape, strides, padding, dilation_rate, groups, depthwise):
+        given = (input_shape, strides, padding, dilation_rate, groups, depthwise)
+        self.bound = any(value is not None for value in given)
+        self.geometry = validate_conv_geometry(
+            input_shape,
+            1 if strides is None else strides,
+            "same" if padding is None else padding,
+            1 if dilation_rate is None else dilation_rate,
+            1 if groups is None else groups,
+        )
+        self.depthwise = validate_depthwise(False if depthwise is None else depthwise, self.geometry["groups"])
+
+    def _geometry_config(self):
+        if not self.bound:
+            return dict.fromkeys(("input_shape", "strides", "padding", "dilation_rate", "groups", "depthwise"))
+        return {**geometry_to_config(self.geometry), "depthwise": self.depthwise}
+
+    def with_geometry(self, **geometry_args):
+        """A copy with the given conv geometry (other arguments unchanged)."""
+        config = self.get_config()
+        config.update(geometry_args)
+        return type(self).from_config(config)
+
+    def bind_to(self, layer, variable):
+        """This object bound to ``layer``'s geometry (itself if nothing changes); see :func:`bind`."""
+        require_kernel(self, layer, variable)
+        if isinstance(layer, keras.layers.Dense):
+            return self
+        new = self.with_geometry(**layer_geometry_config(layer))
+        return self if new.get_config() == self.get_config() else new
+
+    def operator(self, weight):
+        """``(kernel, geometry, back)`` of :func:`operator_kernel` for ``weight``, warning if unbound."""
+        import tensorflow as tf
+
+        kernel = tf.convert_to_tensor(weight)
+        if kernel.shape.rank == 4 and not self.bound:
+            warn_unbound(self, weight)
+        return operator_kernel(kernel, self.geometry, self.depthwise)
