@@ -4,7 +4,7 @@
    CIFAR-sized random data, CPU) of a WRN-16-4 with, on every Conv2D and Dense
    kernel: no regularizer; Keras ``L2(5e-4)``; ``tfnorms.NormDecay`` l1;
    NormDecay l_inf; NormDecay l1 with the momentum variant
-   (``NormDecayMomentum``). Geometry is filled in by ``configure_norm_decay``.
+   (``NormDecayMomentum``). Geometry is filled in by ``tfnorms.bind``.
    Variants are timed in interleaved rounds (same process, same data) and the
    median step time is reported with its ratio to the plain step.
    Target: NormDecay adds at most 3%.
@@ -40,7 +40,8 @@ import tensorflow as tf  # noqa: E402
 from _machine import machine_facts, write_json  # noqa: E402
 from tfnorms import norms  # noqa: E402
 from tfnorms.models import wide_resnet  # noqa: E402
-from tfnorms.regularizers import NormDecay, NormDecayMomentum, configure_norm_decay  # noqa: E402
+import tfnorms  # noqa: E402
+from tfnorms.regularizers import NormDecay, NormDecayMomentum  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "Tiny configuration for a smoke test.")
@@ -72,7 +73,7 @@ def build(variant, depth, width, seed=0):
                 layer.kernel_regularizer = regularizer
                 layer.kernel.regularizer = regularizer
     if variant.startswith("norm_decay"):
-        configure_norm_decay(model)
+        tfnorms.bind(model)
     optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
     if variant == "norm_decay_momentum":
         optimizer = NormDecayMomentum(optimizer, momentum=0.5)
