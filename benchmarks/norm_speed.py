@@ -1,6 +1,6 @@
 """Speed of exact l1 / l_inf conv norms versus power iteration and FFT+SVD.
 
-Reproduces the protocol of Liang & Huang's speed comparison (methods.md §1.8):
+Reproduces the protocol of Liang & Huang's speed comparison (docs/benchmarks.md#norm-speed):
 N(0, 1) kernels, stride 1, no padding, 32x32 input, on this machine, in one
 run. Methods per kernel shape:
 

@@ -9,8 +9,8 @@ and beta 6 on a WRN-16-4 (:func:`tfnorms.models.wide_resnet`), batch 64,
   ``method="trades"`` (one clean inference pass for the KL target, then 10
   forward/backward attack steps, then one clean and one adversarial training
   pass); ``--xla`` adds ``tfnorms_float32_xla`` (``jit_compile=True``).
-* ``pytorch_reference``: the official TRADES formulation (methods.md §4.2) on
-  the same architecture (methods.md §6): the clean forward pass is re-run at
+* ``pytorch_reference``: the official TRADES formulation (docs/theory.md#trades) on
+  the same architecture (docs/theory.md#reference-models): the clean forward pass is re-run at
   every attack step and again inside the outer loss. Only when ``torch`` is
   importable (an optional benchmark dependency, never a package dependency).
 * ``pytorch_same_passes``: the same PyTorch code with tfnorms' passes (clean
@@ -95,7 +95,7 @@ def make_torch_step(config):
     from torch import nn
 
     class BasicBlock(nn.Module):
-        """Pre-activation block of the TRADES WideResNet (methods.md §6)."""
+        """Pre-activation block of the TRADES WideResNet (docs/theory.md#reference-models)."""
 
         def __init__(self, in_planes, out_planes, stride):
             super().__init__()

@@ -1,4 +1,4 @@
-"""Layer norms of adversarially robust versus natural models (Liang & Huang, experiment B of methods.md §1.9).
+"""Layer norms of robust versus natural models (Liang & Huang, experiment B; docs/reproducing.md#compare-norms).
 
 Trains one architecture naturally and with PGD-AT, TRADES and ALP (beta 1 for
 TRADES and ALP, as in the paper's script), or loads saved ``.keras`` models

@@ -1,4 +1,4 @@
-"""Norm-regularization study (Liang & Huang, AAAI 2021, experiment A of methods.md §1.9).
+"""Norm-regularization study (Liang & Huang, experiment A; docs/reproducing.md#norm-regularization).
 
 Trains one architecture naturally (cross-entropy, no attack) with: no
 regularization; norm decay on the exact l1 and l_inf operator norms (with the

@@ -15,7 +15,7 @@ CPU default (embedded digits data, WRN-10-{1,2,4}, about 10 minutes on 2 cores):
 
     python examples/width_study.py
 
-Full scale (CIFAR-10, WRN-34-{1,5,10,15,20}, the reference settings of methods.md §2.5; GPUs):
+Full scale (CIFAR-10, WRN-34-{1,5,10,15,20}, the reference settings of docs/theory.md#reference-settings; GPUs):
 
     python examples/width_study.py --dataset=cifar10 --data_dir=~/tensorflow_datasets \
         --depth=34 --widths=1,5,10,15,20 --epochs=100 --batch_size=128 --lr=0.1 \

@@ -104,7 +104,7 @@ def conv_max_group_mask(kernel, ord, hw, strides=1, padding="same"):
 
 
 def kdet(c_in=3, c_out=2, k=3):
-    """methods.md §7.2 test kernel ``K[j, i, r, c] = ((7j + 5i + 3r + c) mod 11) - 5``, Keras layout."""
+    """Test-vector kernel ``K[j, i, r, c] = ((7j + 5i + 3r + c) mod 11) - 5`` (docs/theory.md#test-vectors), Keras layout."""
     kernel = np.zeros((k, k, c_in, c_out))
     for j in range(c_out):
         for i in range(c_in):

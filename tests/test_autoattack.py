@@ -56,14 +56,14 @@ def linf(x_adv, x):
 
 
 def test_dlr_test_vectors():
-    # methods.md §10 row 18.
+    # The DLR test vector of docs/theory.md#dlr.
     z = np.array([[2.0, 1.0, 0.5, -1.0, 0.0]], "float32")
     assert round(float(losses.dlr(z, np.array([0]))[0]), 4) == -0.6667
     assert round(float(losses.targeted_dlr(z, np.array([0]), np.array([1]))[0]), 4) == -0.5714
 
 
 def test_apgd_checkpoint_schedule():
-    # methods.md §10 row 17.
+    # The APGD checkpoints of docs/theory.md#apgd.
     assert attacks.checkpoint_schedule(100) == [22, 41, 57, 70, 80, 87, 93, 99]
     assert attacks.checkpoint_schedule(10) == [2, 3, 4, 5, 6, 7, 8, 9, 10]
     assert attacks.checkpoint_schedule(1) == [1]
@@ -125,7 +125,7 @@ def test_apgd_one_iteration_matches_the_update_rule(trained, digits):
 
 
 def numpy_apgd_ce(weights, x, y, x0, eps, n_iter, rho=0.75):
-    """An independent NumPy transcription of methods.md §5.2 for ``z = tanh(x w1 + b1) w2 + b2``."""
+    """An independent NumPy transcription of APGD (docs/theory.md#apgd) for ``z = tanh(x w1 + b1) w2 + b2``."""
     w1, b1, w2, b2 = weights
     onehot = np.eye(w2.shape[1])[y]
 

@@ -153,7 +153,7 @@ def test_singular_value_clip_on_depthwise_equals_clipping_the_full_block_diagona
     ours_full = np.zeros_like(full)
     for c in range(c_in):
         ours_full[:, :, c, c * multiplier:(c + 1) * multiplier] = ours[:, :, c, :]
-    # One clip-and-crop pass leaves the norm somewhat above clip_to (methods.md §1.7), far below where it was.
+    # One clip-and-crop pass leaves the norm somewhat above clip_to (docs/theory.md#svc-crop), far below where it was.
     assert before > 5 and np.linalg.norm(bf.circular_matrix(ours_full, hw), 2) < 1.5
 
 

@@ -44,7 +44,7 @@ def test_evaluate_robustness_matches_manual_and_identity():
     assert result["clean_accuracy"] == pytest.approx(np.mean(clean_logits.argmax(1) == y))
     assert result["robust_accuracy"] == pytest.approx(np.mean(adversarial_logits.argmax(1) == y))
     assert result["stability"] == pytest.approx(np.mean(adversarial_logits.argmax(1) == clean_logits.argmax(1)))
-    # methods.md §2.2: robust >= natural + stability - 1; the attack must find something here.
+    # docs/theory.md#perturbation-stability: robust >= natural + stability - 1; the attack must find something here.
     assert result["robust_accuracy"] >= result["clean_accuracy"] + result["stability"] - 1 - 1e-6
     assert result["robust_accuracy"] < result["clean_accuracy"]
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(40)

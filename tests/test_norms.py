@@ -71,7 +71,7 @@ def l2(a):
 
 
 def kdet(k, c_in=3, c_out=2):
-    """methods.md §7.2: K[j,i,r,c] = ((7j + 5i + 3r + c) mod 11) - 5, Keras layout."""
+    """Test-vector kernel of docs/theory.md#test-vectors: K[j,i,r,c] = ((7j + 5i + 3r + c) mod 11) - 5, Keras layout."""
     j, i, r, c = np.meshgrid(np.arange(c_out), np.arange(c_in), np.arange(k), np.arange(k), indexing="ij")
     torch_layout = ((7 * j + 5 * i + 3 * r + c) % 11) - 5
     return np.transpose(torch_layout, (2, 3, 1, 0)).astype(np.float64)
@@ -166,7 +166,7 @@ def test_grouped_conv_norms_match_dense_matrix(groups, padding, strides):
         np.testing.assert_allclose(circ, l2(circular_matrix(dense_kernel, 6, 5)), rtol=1e-9)
 
 
-# methods.md §7.2: (k, stride, padding, n, l1, linf)
+# docs/theory.md#test-vectors: (k, stride, padding, n, l1, linf)
 SPEC_VECTORS = [
     (3, 1, ((1, 1), (1, 1)), 6, 52, 78),
     (3, 2, ((1, 1), (1, 1)), 6, 22, 78),
@@ -207,7 +207,7 @@ def test_closed_form_equals_large_input_norm(k, stride, dilation):
         big = dict(kwargs, padding=padding, input_shape=(24, 24))
         np.testing.assert_allclose(norms.conv2d_l1_norm(kernel, **kwargs), norms.conv2d_l1_norm(kernel, **big))
         np.testing.assert_allclose(norms.conv2d_linf_norm(kernel, **kwargs), norms.conv2d_linf_norm(kernel, **big))
-    # The closed forms of methods.md §1.3: full filter sums, stride residue classes.
+    # The large-input closed forms (docs/theory.md#large-input-norms): full filter sums, stride residue classes.
     magnitude = np.abs(kernel)
     np.testing.assert_allclose(norms.conv2d_linf_norm(kernel), magnitude.sum(axis=(0, 1, 2)).max())
     classes = [

@@ -91,7 +91,7 @@ def test_without_geometry_strided_conv_uses_stride_one_closed_form():
     kernel = bf.kdet()
     exact = NormDecay(1.0, input_shape=(6, 6), strides=2)(kernel)
     unconfigured = NormDecay(1.0)(kernel)
-    assert float(exact) == pytest.approx(22.0)  # methods.md §7.2
+    assert float(exact) == pytest.approx(22.0)  # docs/theory.md#test-vectors
     assert float(unconfigured) == pytest.approx(52.0)  # stride-1 norm: an overestimate
 
 
@@ -146,7 +146,7 @@ def test_norm_decay_reduces_the_targeted_norm():
 
 
 def reference_momentum_run(kernel, factor, momentum, lr, steps, ord):
-    """Liang & Huang's update (methods.md §1.5) in NumPy, on a loss-free kernel."""
+    """Liang & Huang's update (docs/theory.md#norm-decay-momentum) in NumPy, on a loss-free kernel."""
     w, h = kernel.copy(), np.zeros_like(kernel)
     for _ in range(steps):
         _, mask = bf.conv_max_group_mask(w, ord, (6, 6), 2, "same")

@@ -12,7 +12,7 @@ from tfnorms.training import AdversarialTrainer
 
 
 
-# ---------------------------------------------------------------- NumPy re-derivations (methods.md §2.1, §4)
+# ---------------------------------------------------------------- NumPy re-derivations (docs/theory.md#adversarial-losses)
 def np_log_softmax(z):
     z = z - z.max(axis=1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))

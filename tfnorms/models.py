@@ -1,7 +1,7 @@
 """Reference CNNs: TRADES-style WideResNet, PreAct-ResNet-18, Liang & Huang's four models, a small CNN.
 
 All models take images in [0, 1] and return logits. Layers follow the PyTorch
-reference code (methods.md §6) so that parameter counts, layer norms and
+reference code (docs/theory.md#reference-models) so that parameter counts, layer norms and
 results compare with the papers: BatchNorm ``epsilon=1e-5, momentum=0.9``
 (PyTorch's 1e-5 / 0.1), and strided 3x3 convolutions as ``ZeroPadding2D(1)``
 followed by ``"valid"`` (PyTorch's symmetric ``padding=1``; TensorFlow's
@@ -9,7 +9,7 @@ followed by ``"valid"`` (PyTorch's symmetric ``padding=1``; TensorFlow's
 use bias-free convolutions with fan-out He-normal initialisation, as the
 TRADES code; :func:`vgg11`, :func:`resnet18`, :func:`senet18` and
 :func:`regnetx_200mf` are the CIFAR definitions Liang & Huang train
-(methods.md §1.9, the pytorch-cifar models) with PyTorch's default
+(the pytorch-cifar models; docs/theory.md#reference-models) with PyTorch's default
 initialisation, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for kernels and biases.
 """
 
@@ -95,7 +95,7 @@ def wide_resnet(
 
     ``(depth - 4) / 6`` blocks per group, channels ``16, 16w, 32w, 64w``, groups
     with strides 1, 2, 2, then BN-ReLU, global average pooling and a Dense
-    classifier (methods.md §6; no unused ``sub_block1``).
+    classifier (docs/theory.md#reference-models; no unused ``sub_block1``).
 
     Args:
         depth: ``6n + 4`` (34 and 28 in the papers).

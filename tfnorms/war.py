@@ -3,7 +3,7 @@
 Wu et al. (NeurIPS 2021) tune the robust-regularization weight ``lambda`` on a
 narrow network and enlarge it on wider ones so that the balance between the
 natural risk and the robust regularization term stays what it was on the
-tuned narrow network (methods.md §2.4). The exact update rule of their
+tuned narrow network (docs/theory.md#ratio-matching-lambda). The exact update rule of their
 Algorithm 1 was not available to us. :class:`WidthAdjustedRegularization`
 implements a rule **designed from that principle**; it is not the paper's
 algorithm. With the objective ``L_nat + lambda * R`` the rule matches the

@@ -5,7 +5,7 @@ Kernels are in Keras layout: Conv2D ``(kh, kw, c_in, c_out)``, Dense
 also works inside ``tf.function(jit_compile=True)``.
 
 * :func:`conv2d_l1_norm`, :func:`conv2d_linf_norm`: exact closed forms for any
-  stride, padding, dilation and input size (methods.md §1.3).
+  stride, padding, dilation and input size (docs/theory.md#conv-norms).
 * :func:`conv2d_spectral_norm`: FFT for circular padding (Sedghi et al.),
   power iteration for zero padding.
 * :func:`dense_l1_norm`, :func:`dense_linf_norm`, :func:`dense_spectral_norm`,

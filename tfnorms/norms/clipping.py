@@ -1,7 +1,7 @@
 """Singular value clipping (SVC) of Dense and Conv2D kernels.
 
 Convolutions follow Sedghi, Gupta & Long (ICLR 2019), as used by Liang & Huang
-(methods.md §1.7): for a stride-1 convolution with circular padding on an
+(docs/theory.md#svc): for a stride-1 convolution with circular padding on an
 ``n_h x n_w`` input, the operator is block-diagonalised by the 2-D DFT, with
 one ``c_out x c_in`` transfer matrix ``P(u, v)`` per frequency. Clipping
 every ``P(u, v)`` to singular values ``<= clip_to`` and transforming back

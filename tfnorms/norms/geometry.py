@@ -7,7 +7,7 @@ matrix), and which kernel positions one output pixel reads (a row)?
 Along one axis with input length ``n``, kernel size ``k``, stride ``s``,
 dilation ``d`` and zero padding ``(p_before, p_after)``, output ``u`` reads
 input ``a = u*s + r*d - p_before`` through kernel position ``r``
-(TensorFlow convolutions are cross-correlations). Hence (methods.md §1.3)
+(TensorFlow convolutions are cross-correlations). Hence (docs/theory.md#kernel-position-sets)
 
 * column set of input ``a``:  ``R(a) = {r : a + p_before - r*d = u*s, 0 <= u < n_out}``
 * row set of output ``u``:    ``V(u) = {r : 0 <= u*s + r*d - p_before < n}``

@@ -7,7 +7,7 @@ kernel's dtype. Kernels are in Keras layout: Conv2D ``(kh, kw, c_in, c_out)``
 (``c_in`` per group), Dense ``(in, out)``.
 
 For a convolution both norms are sums of ``|kernel|`` over products of per-axis
-kernel-position sets (see :mod:`tfnorms.norms.geometry` and methods.md §1.3):
+kernel-position sets (see :mod:`tfnorms.norms.geometry` and docs/theory.md#conv-norms):
 
     ||conv||_1   = max_{i, a, b} sum_j  sum_{r in R_h(a), c in R_w(b)} |K[r, c, i, j]|
     ||conv||_inf = max_{j, u, v} sum_i  sum_{r in V_h(u), c in V_w(v)} |K[r, c, i, j]|
@@ -284,7 +284,7 @@ def batch_norm_norm(gamma, moving_variance, epsilon) -> tf.Tensor:
 
     At inference BN is the diagonal map ``x_c -> gamma_c x_c / sqrt(var_c + eps)``
     (plus a shift), so its l1, l2 and l_inf norms all equal
-    ``max_c |gamma_c| / sqrt(moving_variance_c + epsilon)`` (methods.md §1.4).
+    ``max_c |gamma_c| / sqrt(moving_variance_c + epsilon)`` (docs/theory.md#batchnorm-norm).
 
     Args:
         gamma: scale per channel, or ``None`` for a layer built with ``scale=False``.

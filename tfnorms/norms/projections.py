@@ -191,7 +191,7 @@ def project_max_group(
 ) -> tf.Tensor:
     """Projects only the argmax group onto the l1 ball of radius ``max_value``.
 
-    This is the projection of Liang & Huang's code (methods.md §1.6): one call
+    This is the projection of Liang & Huang's code (docs/theory.md#norm-projections): one call
     lowers the norm to ``max_value`` only if no other group exceeds it; other
     groups above the bound are left alone. Arguments as in
     :func:`max_group_mask`.
@@ -279,7 +279,7 @@ def batch_norm_project_gamma(gamma, moving_variance, epsilon, max_value, mode="a
     """Rescales BatchNormalization ``gamma`` so that the layer's norm is at most ``max_value``.
 
     The norm of inference-mode BN is ``max_c |gamma_c| / sqrt(var_c + eps)``
-    (methods.md §1.4). ``mode="all"`` clips every channel to
+    (docs/theory.md#batchnorm-norm). ``mode="all"`` clips every channel to
     ``|gamma_c| <= max_value * sqrt(var_c + eps)``; ``mode="max_group"`` sets
     only the argmax channel to the bound (``project_bn`` of Liang & Huang),
     which leaves other channels above the bound if there are any.
