@@ -41,6 +41,7 @@ from _machine import machine_facts, write_json  # noqa: E402
 from tfnorms import norms  # noqa: E402
 from tfnorms.models import wide_resnet  # noqa: E402
 import tfnorms  # noqa: E402
+from tfnorms import _keras  # noqa: E402
 from tfnorms.regularizers import NormDecay, NormDecayMomentum  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -68,7 +69,7 @@ def build(variant, depth, width, seed=0):
         "norm_decay_momentum": NormDecay(1e-3, ord=1),
     }[variant]
     if regularizer is not None:
-        for layer in model._flatten_layers(include_self=False, recursive=True):
+        for layer in _keras.flatten_layers(model):
             if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
                 layer.kernel_regularizer = regularizer
                 layer.kernel.regularizer = regularizer
@@ -116,7 +117,7 @@ def reference_clip(kernel, clip_to, size):
 def time_svc(depth, width, repeats, clip_to=1.0):
     model = wide_resnet(depth=depth, width=width)
     layers = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in _keras.flatten_layers(model):
         if isinstance(layer, keras.layers.Conv2D):
             geom = norms.conv_geometry(layer)
             shape = tuple(int(n) for n in geom["input_shape"])

@@ -48,7 +48,7 @@ class SingularValueClip(keras.constraints.Constraint):
     Sedghi et al.'s clipping of the stride-1 circular convolution on an
     ``input_shape`` input (per-frequency clipping, then the crop back to the
     kernel's support, which can leave the norm somewhat above ``clip_to``;
-    methods.md §1.7). The formulation uses the real FFT and real
+    docs/theory.md#svc-crop). The formulation uses the real FFT and real
     eigendecompositions (:func:`tfnorms.norms.conv2d_clip_singular_values`),
     so unlike the complex-SVD reference it runs on GPU and under
     ``jit_compile=True``. Stride and zero padding are ignored, as in the

@@ -5,7 +5,7 @@
   ``* 0.001`` from 100), as a ``keras.optimizers.schedules`` object over steps.
 * :func:`add_coupled_weight_decay`: PyTorch ``SGD(weight_decay=wd)`` adds
   ``wd * w`` to the gradient of every parameter before momentum (coupled L2;
-  methods.md §7.1). Keras' ``weight_decay`` argument is decoupled and not
+  docs/theory.md#coupled-weight-decay). Keras' ``weight_decay`` argument is decoupled and not
   equivalent under momentum; an L2 penalty ``wd / 2 * ||w||^2`` on every
   trainable variable is.
 """

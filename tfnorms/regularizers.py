@@ -5,7 +5,7 @@
   ``factor * sign(W)`` on the maximal group and zero elsewhere (the exact
   sub-gradient; Liang & Huang, AAAI 2021).
 * :class:`NormDecayMomentum`: an optimizer wrapper adding the decaying memory
-  of earlier maximal groups that Liang & Huang's code uses (methods.md §1.5).
+  of earlier maximal groups that Liang & Huang's code uses (docs/theory.md#norm-decay-momentum).
 * :class:`Sum`: a saved, bindable sum of regularizers (norm decay plus weight
   decay, say) that tfnorms looks through.
 * :func:`add_norm_decay`: norm decay on every kernel of a built model.
@@ -239,24 +239,26 @@ def add_norm_decay(model, factor=1e-3, ord=1):
 class NormDecayMomentum(keras.optimizers.Optimizer):
     """Optimizer wrapper adding Liang & Huang's decaying memory of maximal groups.
 
-    Liang & Huang's code (methods.md §1.5, "what the code actually does")
-    keeps a buffer ``h`` per regularised kernel and, every step, on the
-    pre-step weights:
+    Liang & Huang's released code (not the paper's Algorithm 1; see
+    docs/theory.md#norm-decay-momentum) keeps a buffer ``h`` per regularised
+    kernel and, every step, on the pre-step weights:
 
-        h <- momentum * h;   h[G] <- sign(W[G]);   grad <- grad + beta * h
+        h <- momentum * h;   h[G] <- sign(W[G]);   grad <- grad + factor * h
 
     with ``G`` the current maximal group (an overwrite, not an average).
-    A plain :class:`NormDecay` contributes only ``beta * sign(W[G])``; this
-    wrapper adds the rest, ``beta * momentum * h_old`` outside ``G``, so that
+    A plain :class:`NormDecay` contributes only ``factor * sign(W[G])``; this
+    wrapper adds the rest, ``factor * momentum * h_old`` outside ``G``, so that
     the total is exactly the code's update. It finds the regularised kernels
-    by their :class:`NormDecay` (which supplies ``beta = factor``, ``ord`` and
-    the conv geometry) and keeps ``h`` as non-trainable optimizer variables,
-    one per kernel and ord, checkpointed and saved with the optimizer.
+    by their :class:`NormDecay` (also inside a :class:`Sum`, e.g. with weight
+    decay), which supplies ``factor``, ``ord`` and the conv geometry, and keeps
+    ``h`` as non-trainable optimizer variables, one per kernel and ord,
+    checkpointed and saved with the optimizer. Finding no NormDecay at all, it
+    warns that it changes nothing.
 
     **Difference to the plain regularizer.** Without this wrapper a group is
     pushed down only while it is the maximal one, and the maximum can
     oscillate between groups. With it, groups that were maximal recently keep
-    being pushed with weights ``beta * momentum**age``, which lowers several
+    being pushed with weights ``factor * momentum**age``, which lowers several
     near-maximal groups together (the paper's motivation). With
     ``momentum=0`` the wrapper changes nothing.
 
