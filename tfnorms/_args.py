@@ -90,6 +90,15 @@ def positive_int(value, name, minimum=1, allow_none=False):
     return int(value)
 
 
+def update_freq(value, name="update_freq"):
+    """``"epoch"`` or an int >= 1 (steps), as Keras' TensorBoard callback takes it."""
+    if value == "epoch":
+        return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
+        raise invalid(name, '"epoch" or a positive int', value)
+    return int(value)
+
+
 def boolean(value, name):
     """``True`` or ``False`` (NumPy bools included)."""
     if not isinstance(value, (bool, np.bool_)):

@@ -218,11 +218,7 @@ class LayerNormLogger(keras.callbacks.Callback):
             raise ValueError(f"Invalid value for argument `log_dir`. Expected a path. Received: log_dir={log_dir!r}")
         self.log_dir = os.fspath(log_dir)
         self.ords = _args.ords(ords, "ords", allowed=(1, 2, np.inf))
-        if update_freq != "epoch":
-            if not isinstance(update_freq, (int, np.integer)) or isinstance(update_freq, bool) or update_freq < 1:
-                raise _args.invalid("update_freq", '"epoch" or an int >= 1', update_freq)
-            update_freq = int(update_freq)
-        self.update_freq = update_freq
+        self.update_freq = _args.update_freq(update_freq)
         self.l2_method = _args.choice(l2_method, "l2_method", ("power", "bound"))
         self.power_iterations = _args.positive_int(power_iterations, "power_iterations")
         self.jit_compile = bool(jit_compile)

@@ -22,6 +22,8 @@ from typing import Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from tfnorms import _args
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
@@ -47,10 +49,7 @@ DATASETS = {
 
 def dataset_info(name: str, image_size: Optional[int] = None) -> DatasetInfo:
     """Returns the :class:`DatasetInfo` of ``name`` (``image_size`` resizes ``"digits"``)."""
-    if name not in DATASETS:
-        raise ValueError(
-            f"Invalid value for argument `name`. Expected one of {sorted(DATASETS)}. Received: name={name!r}"
-        )
+    _args.choice(name, "name", sorted(DATASETS))
     info = DATASETS[name]
     if image_size is not None:
         if name != "digits":
@@ -81,8 +80,7 @@ def make_pipeline(
     Images are scaled to float32 [0, 1] (uint8 / 255). ``training=True``
     shuffles, augments and (by default) drops the last partial batch.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"Invalid value for argument `batch_size`. Expected a positive int. Received: {batch_size!r}")
+    _args.positive_int(batch_size, "batch_size")
     if drop_remainder is None:
         drop_remainder = training
 
@@ -116,8 +114,7 @@ def digits_arrays(image_size: int = 16, test_fraction: float = 0.2, seed: int = 
             "The embedded 'digits' data set ships inside scikit-learn: pip install scikit-learn "
             "(or tfnorms[datasets])."
         ) from error
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"Invalid value for argument `test_fraction`. Expected (0, 1). Received: {test_fraction!r}")
+    _args.number(test_fraction, "test_fraction", low=0, high=1, low_open=True, high_open=True)
     digits = load_digits()
     images = (digits.images.astype(np.float32) / 16.0)[..., None]
     images = tf.image.resize(images, (image_size, image_size), method="bilinear").numpy().clip(0.0, 1.0)
@@ -173,8 +170,7 @@ def load(
         training = split.startswith("train")
     if name == "digits":
         (x_train, y_train), (x_test, y_test) = digits_arrays(info.image_shape[0], seed=0)
-        if split not in ("train", "test"):
-            raise ValueError(f"Invalid value for argument `split`. Expected 'train' or 'test' for digits. Received: {split!r}")
+        _args.choice(split, "split", ("train", "test"))
         arrays = (x_train, y_train) if split == "train" else (x_test, y_test)
         source = tf.data.Dataset.from_tensor_slices(arrays)
     else:

@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 
 import keras
 
+from tfnorms import _args
 _BN_KWARGS = dict(epsilon=1e-5, momentum=0.9)
 
 
@@ -119,10 +120,8 @@ def wide_resnet(
         raise ValueError(
             f"Invalid value for argument `depth`. Expected 6n + 4 with n >= 1 (e.g. 16, 28, 34). Received: depth={depth!r}"
         )
-    if not isinstance(width, int) or width < 1:
-        raise ValueError(f"Invalid value for argument `width`. Expected a positive int. Received: width={width!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"Invalid value for argument `dropout`. Expected a rate in [0, 1). Received: dropout={dropout!r}")
+    _args.positive_int(width, "width")
+    _args.number(dropout, "dropout", low=0, high=1, high_open=True)
     blocks = (depth - 4) // 6
     channels = (16, 16 * width, 32 * width, 64 * width)
 
@@ -183,8 +182,7 @@ def small_cnn(
         >>> small_cnn(input_shape=(16, 16, 1), width=8).count_params() > 0
         True
     """
-    if not isinstance(width, int) or width < 1:
-        raise ValueError(f"Invalid value for argument `width`. Expected a positive int. Received: width={width!r}")
+    _args.positive_int(width, "width")
     inputs = keras.Input(tuple(input_shape), name="images")
     x = inputs
     for index, (filters, stride) in enumerate(((width, 1), (2 * width, 2), (2 * width, 1)), start=1):
@@ -195,10 +193,7 @@ def small_cnn(
 
 
 def _check_num_classes(num_classes):
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(
-            f"Invalid value for argument `num_classes`. Expected an int >= 2. Received: num_classes={num_classes!r}"
-        )
+    _args.positive_int(num_classes, "num_classes", minimum=2)
 
 
 def vgg11(

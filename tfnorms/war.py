@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import os
 from typing import Mapping
 
@@ -34,32 +33,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfnorms import _args
+
 __all__ = ["WidthAdjustedRegularization", "reference_ratio", "war_lambda"]
 
 _EPS = 1e-12
-
-
-def _invalid(name, expected, value):
-    return ValueError(f"Invalid value for argument `{name}`. Expected {expected}. Received: {name}={value!r}")
-
-
-def _finite(value, name, low=None, low_strict=False, high=None, high_strict=False, allow_none=False):
-    if value is None and allow_none:
-        return None
-    bounds = []
-    if low is not None:
-        bounds.append(f"{'>' if low_strict else '>='} {low}")
-    if high is not None:
-        bounds.append(f"{'<' if high_strict else '<='} {high}")
-    expected = "a finite number" + (" " + " and ".join(bounds) if bounds else "") + (" or None" if allow_none else "")
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise _invalid(name, expected, value)
-    value = float(value)
-    if low is not None and (value <= low if low_strict else value < low):
-        raise _invalid(name, expected, value)
-    if high is not None and (value >= high if high_strict else value > high):
-        raise _invalid(name, expected, value)
-    return value
 
 
 def war_lambda(target_ratio, natural_loss, robust_loss, current_lambda, *, enlarge_only=True,
@@ -106,7 +84,7 @@ def _history_dict(history):
         return history.history
     if isinstance(history, Mapping):
         return history.get("history", history) if "natural_loss" not in history else history
-    raise _invalid("history", "a keras History, a dict of per-epoch lists, or a run summary", history)
+    raise _args.invalid("history", "a keras History, a dict of per-epoch lists, or a run summary", history)
 
 
 def reference_ratio(history, beta=None, last_epochs=None, per_epoch=False):
@@ -143,19 +121,18 @@ def reference_ratio(history, beta=None, last_epochs=None, per_epoch=False):
         natural = np.asarray(logs["natural_loss"], dtype=np.float64)
         robust = np.asarray(logs["robust_loss"], dtype=np.float64)
     except KeyError as error:
-        raise _invalid("history", "per-epoch 'natural_loss' and 'robust_loss' logs", sorted(logs)) from error
+        raise _args.invalid("history", "per-epoch 'natural_loss' and 'robust_loss' logs", sorted(logs)) from error
     if beta is None:
         beta = summary.get("beta")
     if beta is None and "lambda" in logs:
         beta = np.asarray(logs["lambda"], dtype=np.float64)
     if beta is None:
-        raise _invalid("beta", "the narrow run's lambda (none found in the history or summary)", beta)
+        raise _args.invalid("beta", "the narrow run's lambda (none found in the history or summary)", beta)
     beta = np.broadcast_to(np.asarray(beta, dtype=np.float64), natural.shape)
     if natural.size == 0 or natural.shape != robust.shape:
-        raise _invalid("history", "non-empty, equally long 'natural_loss' and 'robust_loss' lists", logs)
+        raise _args.invalid("history", "non-empty, equally long 'natural_loss' and 'robust_loss' lists", logs)
     if last_epochs is not None:
-        if isinstance(last_epochs, bool) or not isinstance(last_epochs, (int, np.integer)) or last_epochs < 1:
-            raise _invalid("last_epochs", "a positive int or None", last_epochs)
+        last_epochs = _args.positive_int(last_epochs, "last_epochs")
         natural, robust, beta = natural[-last_epochs:], robust[-last_epochs:], beta[-last_epochs:]
     if per_epoch:
         return [float(b * r / max(n, _EPS)) for b, r, n in zip(beta, robust, natural)]
@@ -166,11 +143,11 @@ def _resolve_reference(value):
     if isinstance(value, (str, os.PathLike)):
         return reference_ratio(value)
     if isinstance(value, (list, tuple, np.ndarray)):
-        ratios = [_finite(v, "reference_ratio", low=0.0, low_strict=True) for v in np.ravel(value)]
+        ratios = [_args.number(v, "reference_ratio", low=0.0, low_open=True) for v in np.ravel(value)]
         if not ratios:
-            raise _invalid("reference_ratio", "a non-empty list", value)
+            raise _args.invalid("reference_ratio", "a non-empty list", value)
         return ratios
-    return _finite(value, "reference_ratio", low=0.0, low_strict=True)
+    return _args.number(value, "reference_ratio", low=0.0, low_open=True)
 
 
 @keras.saving.register_keras_serializable(package="tfnorms")
@@ -228,24 +205,16 @@ class WidthAdjustedRegularization(keras.callbacks.Callback):
                  max_value=None, warmup_epochs=1, log_dir=None):
         super().__init__()
         self.reference_ratio = _resolve_reference(reference_ratio)
-        if update_freq != "epoch":
-            if isinstance(update_freq, bool) or not isinstance(update_freq, (int, np.integer)) or update_freq < 1:
-                raise _invalid("update_freq", '"epoch" or a positive int', update_freq)
-            update_freq = int(update_freq)
-        self.update_freq = update_freq
-        self.ema = _finite(ema, "ema", low=0.0, high=1.0, high_strict=True)
-        if not isinstance(enlarge_only, bool):
-            raise _invalid("enlarge_only", "a bool", enlarge_only)
-        self.enlarge_only = enlarge_only
-        self.min_value = _finite(min_value, "min_value", low=0.0)
-        self.max_value = _finite(max_value, "max_value", low=0.0, low_strict=True, allow_none=True)
+        self.update_freq = _args.update_freq(update_freq)
+        self.ema = _args.number(ema, "ema", low=0.0, high=1.0, high_open=True)
+        self.enlarge_only = _args.boolean(enlarge_only, "enlarge_only")
+        self.min_value = _args.number(min_value, "min_value", low=0.0)
+        self.max_value = _args.number(max_value, "max_value", low=0.0, low_open=True, allow_none=True)
         if self.max_value is not None and self.max_value < self.min_value:
-            raise _invalid("max_value", f"None or >= min_value={self.min_value}", max_value)
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, (int, np.integer)) or warmup_epochs < 0:
-            raise _invalid("warmup_epochs", "an int >= 0", warmup_epochs)
-        self.warmup_epochs = int(warmup_epochs)
+            raise _args.invalid("max_value", f"None or >= min_value={self.min_value}", max_value)
+        self.warmup_epochs = _args.positive_int(warmup_epochs, "warmup_epochs", minimum=0)
         if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
-            raise _invalid("log_dir", "a path or None", log_dir)
+            raise _args.invalid("log_dir", "a path or None", log_dir)
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
         self._writer = None
         self._reset_state()

@@ -40,6 +40,7 @@ from tfnorms.norms.spectral import (
 )
 
 from tfnorms.norms.clipping import (
+    SVC_METHODS,
     clip_matrix_singular_values,
     conv2d_clip_singular_values,
     conv2d_clip_singular_values_reference,
@@ -56,6 +57,7 @@ from tfnorms.norms.projections import (
 
 __all__ = [
     "SUPPORTED_LAYERS",
+    "SVC_METHODS",
     "batch_norm_norm",
     "conv2d_group_sums",
     "conv2d_l1_norm",

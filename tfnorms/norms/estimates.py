@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfnorms import _args
 from tfnorms.norms import spectral
 
 
@@ -42,11 +43,7 @@ def conv2d_power_iteration(
         >>> 8.0 < float(sigma) <= 9.0
         True
     """
-    if isinstance(num_iterations, bool) or not isinstance(num_iterations, (int, np.integer)) or num_iterations < 1:
-        raise ValueError(
-            "Invalid value for argument `num_iterations`. Expected a positive int. "
-            f"Received: num_iterations={num_iterations!r}"
-        )
+    num_iterations = _args.positive_int(num_iterations, "num_iterations")
     vector = tf.convert_to_tensor(vector)
     kernel, _, strides, dilation_rate, pads, groups = spectral._validate(
         kernel, tuple(vector.shape[1:3]), strides, padding, dilation_rate, groups

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfnorms import _args
 from tfnorms.norms import geometry
 
 
@@ -68,10 +69,7 @@ def validate_conv_args(kernel, input_shape, strides, padding, dilation_rate, gro
     strides, dilation_rate = geometry.check_stride_dilation(strides, dilation_rate)
     pads = geometry.normalize_padding(padding, extra=extra_padding)
     shape = normalize_input_shape(input_shape)
-    if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
-        raise ValueError(
-            f"Invalid value for argument `groups`. Expected a positive int. Received: groups={groups!r}"
-        )
+    groups = _args.positive_int(groups, "groups")
     c_out = kernel.shape[3]
     if c_out % groups:
         raise ValueError(
@@ -126,9 +124,7 @@ def conv2d_group_sums(
         per_channel = tf.reduce_sum(magnitude, axis=2)  # (kh, kw, c_out)
         kind = "row"
     else:
-        raise ValueError(
-            f"Invalid value for argument `ord`. Expected one of 1, numpy.inf. Received: ord={ord!r}"
-        )
+        raise _args.invalid("ord", "one of 1, numpy.inf", ord)
     mask_h, mask_w = _masks(kind, (kh, kw), shape, strides, dilation_rate, pads, kernel.dtype)
     return tf.einsum("ar,bc,rcx->abx", mask_h, mask_w, per_channel)
 
@@ -299,7 +295,6 @@ def batch_norm_norm(gamma, moving_variance, epsilon) -> tf.Tensor:
     if gamma is None:
         gamma = tf.ones_like(moving_variance)
     gamma = tf.cast(_as_float_tensor(gamma, "gamma"), moving_variance.dtype)
-    if float(epsilon) < 0:
-        raise ValueError(f"Invalid value for argument `epsilon`. Expected >= 0. Received: {epsilon!r}")
+    _args.nonnegative(float(epsilon), "epsilon")
     epsilon = tf.cast(epsilon, moving_variance.dtype)
     return tf.reduce_max(tf.abs(gamma) * tf.math.rsqrt(moving_variance + epsilon))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfnorms import _args
 from tfnorms.norms import geometry
 from tfnorms.norms.operator_norms import (
     _as_float_tensor,
@@ -45,21 +46,13 @@ def as_scalar(value, dtype) -> tf.Tensor:
 
 
 def _check_ord(ord):
-    if isinstance(ord, bool) or ord not in (1, np.inf):
-        raise ValueError(
-            f"Invalid value for argument `ord`. Expected one of 1, numpy.inf. Received: ord={ord!r}"
-        )
-    return 1 if ord == 1 else np.inf
+    return _args.single_ord(ord, "ord", (1, np.inf))
 
 
 def _check_radius(radius, name="max_value"):
     if isinstance(radius, (tf.Tensor, tf.Variable)):
         return radius
-    if isinstance(radius, bool) or not isinstance(radius, (int, float, np.integer, np.floating)) or not radius >= 0:
-        raise ValueError(
-            f"Invalid value for argument `{name}`. Expected a number >= 0. Received: {name}={radius!r}"
-        )
-    return float(radius)
+    return _args.nonnegative(radius, name)
 
 
 def project_l1_ball(x, radius) -> tf.Tensor:
@@ -290,10 +283,7 @@ def batch_norm_project_gamma(gamma, moving_variance, epsilon, max_value, mode="a
         >>> batch_norm_project_gamma([3.0, -8.0, 1.0], [0.0, 3.0, 0.0], 1.0, 2.0, "max_group").numpy()
         array([ 3., -4.,  1.], dtype=float32)
     """
-    if mode not in _MODES:
-        raise ValueError(
-            f'Invalid value for argument `mode`. Expected one of "all", "max_group". Received: mode={mode!r}'
-        )
+    _args.choice(mode, "mode", _MODES)
     max_value = _check_radius(max_value)
     moving_variance = _as_float_tensor(moving_variance, "moving_variance")
     gamma = tf.cast(_as_float_tensor(gamma, "gamma"), moving_variance.dtype)
