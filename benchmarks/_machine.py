@@ -11,6 +11,19 @@ import json
 import os
 import platform
 
+# Quiet TensorFlow's start-up logs: benchmarks import this module before TensorFlow.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def define_common_flags(name: str, quick_help: str = "Tiny configuration for a smoke test.") -> None:
+    """Defines ``--quick`` and ``--output`` (default ``benchmarks/results/<name>.json``)."""
+    from absl import flags
+
+    flags.DEFINE_bool("quick", False, quick_help)
+    flags.DEFINE_string(
+        "output", os.path.join(os.path.dirname(__file__), "results", f"{name}.json"), "Where to write the JSON results."
+    )
+
 
 def _first_cpu_info() -> dict:
     """``/proc/cpuinfo``'s fields for the first CPU (empty where there is no such file)."""

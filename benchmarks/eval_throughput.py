@@ -36,29 +36,24 @@ Writes benchmarks/results/eval_throughput.json (or --output).
 
 from __future__ import annotations
 
-import os
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from _machine import define_common_flags, machine_facts, write_json
+from absl import app, flags
+import keras
+import numpy as np
+import tensorflow as tf
 
-from absl import app, flags  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from _machine import machine_facts, write_json  # noqa: E402
-from tfnorms import attacks, data  # noqa: E402
-from tfnorms.models import wide_resnet  # noqa: E402
+from tfnorms import attacks, data
+from tfnorms.models import wide_resnet
 
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("quick", False, "Tiny configuration for a smoke test.")
+define_common_flags("eval_throughput")
 flags.DEFINE_integer("images", 32, "Images in the throughput batch.")
 flags.DEFINE_integer("probe_iter", 10, "Iterations of the APGD-T / FAB-T probes that are extrapolated to 100.")
 flags.DEFINE_integer("probe_queries", 200, "Queries of the Square probe that is extrapolated to 5000.")
 flags.DEFINE_integer("agreement_points", 200, "Test points of the agreement study.")
 flags.DEFINE_bool("art", True, "Compare with the adversarial-robustness-toolbox when it is installed.")
-flags.DEFINE_string("output", os.path.join(os.path.dirname(__file__), "results", "eval_throughput.json"),
-                    "Where to write the JSON results.")
 
 EPS = 8 / 255
 AGREEMENT_EPS = 0.1

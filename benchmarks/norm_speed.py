@@ -28,26 +28,21 @@ Writes benchmarks/results/norm_speed.json (or --output).
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from _machine import define_common_flags, machine_facts, write_json
+from absl import app, flags
+import numpy as np
+import tensorflow as tf
 
-from absl import app, flags  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from _machine import machine_facts, write_json  # noqa: E402
-from tfnorms import norms  # noqa: E402
-from tfnorms.models import wide_resnet  # noqa: E402
+from tfnorms import norms
+from tfnorms.models import wide_resnet
 
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("quick", False, "Tiny configuration for a smoke test.")
+define_common_flags("norm_speed")
 flags.DEFINE_integer("repeats", 100, "Timed calls per exact-norm measurement (the paper: 100).")
 flags.DEFINE_integer("power_iterations", 500, "Power iterations (the paper: 500).")
-flags.DEFINE_string("output", os.path.join(os.path.dirname(__file__), "results", "norm_speed.json"),
-                    "Where to write the JSON results.")
 
 PAPER_SHAPES = [(3, 32, 32), (3, 32, 128), (3, 128, 256), (3, 256, 512), (5, 256, 128), (5, 512, 256)]
 INPUT = (32, 32)

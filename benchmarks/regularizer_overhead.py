@@ -26,34 +26,27 @@ a Markdown table.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from _machine import define_common_flags, machine_facts, write_json
+from absl import app, flags
+import keras
+import numpy as np
+import tensorflow as tf
 
-from absl import app, flags  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from _machine import machine_facts, write_json  # noqa: E402
-from tfnorms import norms  # noqa: E402
-from tfnorms.models import wide_resnet  # noqa: E402
-import tfnorms  # noqa: E402
-from tfnorms import _keras  # noqa: E402
-from tfnorms.regularizers import NormDecay, NormDecayMomentum  # noqa: E402
+from tfnorms import norms
+from tfnorms.models import wide_resnet
+import tfnorms
+from tfnorms import _keras
+from tfnorms.regularizers import NormDecay, NormDecayMomentum
 
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("quick", False, "Tiny configuration for a smoke test.")
+define_common_flags("regularizer_overhead")
 flags.DEFINE_integer("batch_size", 128, "Training batch size.")
 flags.DEFINE_integer("rounds", 4, "Interleaved timing rounds per variant.")
 flags.DEFINE_integer("steps", 3, "Timed steps per variant and round.")
 flags.DEFINE_integer("svc_repeats", 3, "Timed SVC passes per formulation.")
-flags.DEFINE_string(
-    "output", os.path.join(os.path.dirname(__file__), "results", "regularizer_overhead.json"),
-    "Where to write the JSON results.",
-)
 
 VARIANTS = ("none", "l2", "norm_decay_l1", "norm_decay_linf", "norm_decay_momentum")
 

@@ -42,26 +42,22 @@ import os
 import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from _machine import define_common_flags, machine_facts, write_json
+from absl import app, flags
+import keras
+import numpy as np
+import tensorflow as tf
 
-from absl import app, flags  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from _machine import machine_facts, write_json  # noqa: E402
-from tfnorms.attacks import PGD  # noqa: E402
-from tfnorms.models import wide_resnet  # noqa: E402
-from tfnorms.training import AdversarialTrainer  # noqa: E402
+from tfnorms.attacks import PGD
+from tfnorms.models import wide_resnet
+from tfnorms.training import AdversarialTrainer
 
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("quick", False, "Tiny configuration (WRN-10-1, batch 8, 16x16, 2 attack steps) for a smoke test.")
+define_common_flags("train_step_throughput", "Tiny configuration (WRN-10-1, batch 8, 16x16, 2 attack steps) for a smoke test.")
 flags.DEFINE_integer("rounds", 3, "Timed steps per implementation (interleaved rounds).")
 flags.DEFINE_bool("xla", False, "Also time tfnorms float32 with jit_compile=True.")
 flags.DEFINE_integer("threads", 0, "Intra-op threads for both TensorFlow and PyTorch (0: library defaults).")
 flags.DEFINE_bool("torch", True, "Time the PyTorch reference when torch is importable.")
-flags.DEFINE_string("output", os.path.join(os.path.dirname(__file__), "results", "train_step_throughput.json"),
-                    "Where to write the JSON results.")
 
 EPS, STEP_SIZE, BETA = 0.031, 0.007, 6.0
 
