@@ -1,6 +1,8 @@
-"""Test session set-up: quiet TensorFlow, two logical CPUs for distribution tests."""
+"""Test session set-up: quiet TensorFlow, two logical CPUs for distribution tests, the main example as a module."""
 
+import importlib.util
 import os
+import pathlib
 import zlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -33,6 +35,16 @@ def two_cpu_strategy():
     if len(tf.config.list_logical_devices("CPU")) < 2:
         pytest.skip("needs the two logical CPUs configured in conftest.py")
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+@pytest.fixture(scope="session")
+def trades_cifar():
+    """``examples/trades_cifar.py`` as a module, shared by the test files (its absl flags can be defined once)."""
+    path = pathlib.Path(__file__).resolve().parent / "examples" / "trades_cifar.py"
+    spec = importlib.util.spec_from_file_location("trades_cifar_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(autouse=True)

@@ -14,14 +14,14 @@ twin for comparison.
 Every run writes to ``--logdir``: TensorBoard logs (loss curves, clean and
 adversarial accuracy, robust accuracy and stability on the validation subset,
 layer-norm traces), a backup for resuming an interrupted run (rerun the same
-command), the trained classifier ``model.keras`` and ``evaluation.json``.
+command), the trained classifier ``model.keras`` and ``evaluation.json``, and
+``state.json``, the finished phases of the run (``tfnorms.resume``): a rerun
+never retrains or rewrites a finished model or evaluation.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -31,9 +31,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfnorms  # noqa: E402
-from tfnorms import attacks, callbacks, data, experiments, metrics, optimization, regularizers  # noqa: E402
+from tfnorms import attacks, callbacks, data, experiments, metrics, optimization, regularizers, resume  # noqa: E402
 
 FLAGS = flags.FLAGS
+_FLAGS_DEFINED_ELSEWHERE = frozenset(FLAGS)  # absl's own (see run_config)
 
 # Data and model.
 flags.DEFINE_enum("dataset", "cifar10", sorted(data.DATASETS), "Data set ('digits' is embedded and offline).")
@@ -86,6 +87,16 @@ QUICKSTART = dict(
 )
 
 
+EXAMPLE_FLAGS = sorted(set(FLAGS) - _FLAGS_DEFINED_ELSEWHERE)
+# Flags that may change when an interrupted run is resumed (where it runs, not what it computes).
+RESUME_MAY_CHANGE = ("logdir", "data_dir", "quickstart", "distribution", "jit")
+
+
+def run_config():
+    """The values of this example's flags that a resumed run must share with the interrupted one."""
+    return {name: FLAGS[name].value for name in EXAMPLE_FLAGS if name not in RESUME_MAY_CHANGE}
+
+
 def apply_quickstart():
     """Overrides defaults with the quick-start preset, keeping flags given explicitly."""
     if FLAGS.quickstart:
@@ -128,7 +139,7 @@ def eval_attacks():
 
 
 def train(method, log_dir, train_ds, val_ds, info, strategy, extra_callbacks=()):
-    """Trains one classifier with ``method``; returns it (resuming from ``log_dir`` if interrupted)."""
+    """Trains one classifier with ``method``; returns it (resuming from ``log_dir/backup`` if interrupted)."""
     steps_per_epoch = int(train_ds.cardinality())
     with strategy.scope():
         classifier = experiments.build_classifier(FLAGS.model, info, FLAGS.depth, FLAGS.width)
@@ -148,27 +159,30 @@ def train(method, log_dir, train_ds, val_ds, info, strategy, extra_callbacks=())
                 classifier, method=method, beta=beta, attack=attack, eval_attack=eval_attack
             )
             model.compile(make_optimizer(steps_per_epoch), jit_compile=FLAGS.jit)
+    tensorboard = keras.callbacks.TensorBoard(log_dir)
     fit_callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(log_dir, "backup")),
-        keras.callbacks.TensorBoard(log_dir),
+        resume.AtomicBackupAndRestore(os.path.join(log_dir, "backup")),  # first: an epoch is backed up, then logged
+        tensorboard,
         callbacks.LayerNormLogger(log_dir, ords=(1, np.inf)),
         *extra_callbacks,
     ]
     if FLAGS.svc_clip > 0:
         fit_callbacks.append(callbacks.SingularValueClipping(FLAGS.svc_clip, every_n_steps=FLAGS.svc_every))
+    fit_callbacks += [resume.FlushTensorBoard(tensorboard), *resume.fault_injection(method)]
     # shuffle=False: the tf.data pipeline shuffles (Keras warns that it would ignore shuffle=True).
     model.fit(train_ds, epochs=FLAGS.epochs, validation_data=val_ds, callbacks=fit_callbacks, verbose=2, shuffle=False)
     return classifier
 
 
-def evaluate(classifier, test_ds):
+def evaluate(classifier, test_ds, phase="evaluation"):
     """Clean accuracy, robust accuracy and stability under PGD and CW (and AutoAttack) on ``test_ds``."""
     results = {}
-    for name, attack in eval_attacks().items():
+    for step, (name, attack) in enumerate(eval_attacks().items(), 1):
         scores = metrics.evaluate_robustness(classifier, test_ds, attack=attack)
         results["clean_accuracy"] = scores["clean_accuracy"]
         results[f"{name}_robust_accuracy"] = scores["robust_accuracy"]
         results[f"{name}_stability"] = scores["stability"]
+        resume.fault_point(f"{phase}:{step}")
     if FLAGS.final_eval == "autoattack":
         evaluation = attacks.AutoAttack(FLAGS.eps, seed=FLAGS.seed).evaluate(classifier, test_ds, dataset=FLAGS.dataset)
         results["autoattack_robust_accuracy"] = evaluation.robust_accuracy
@@ -195,30 +209,53 @@ def run(extra_callbacks=()):
     runs = [FLAGS.method] + (["natural"] if FLAGS.natural_twin and FLAGS.method != "natural" else [])
     report = dict(dataset=FLAGS.dataset, model=FLAGS.model, depth=FLAGS.depth, width=FLAGS.width,
                   eps=FLAGS.eps, epochs=FLAGS.epochs, runs={})
+    # Phases: "<method>" (training, one per run), "evaluation/<method>", "report". A finished phase is
+    # never redone: its model is loaded, its results are read back from state.json.
+    state = resume.RunState(os.path.join(FLAGS.logdir, "state.json"), config=run_config())
+    trained = {}
     for method in runs:
         log_dir = FLAGS.logdir if method == FLAGS.method else os.path.join(FLAGS.logdir, "natural_twin")
-        start = time.time()
-        classifier = train(method, log_dir, train_ds, val_ds, info, strategy, extra_callbacks)
-        model_path = os.path.join(log_dir, "model.keras")
-        classifier.save(model_path)
-        results = evaluate(classifier, eval_ds)
-        results.update(train_seconds=round(time.time() - start, 1), model_path=model_path)
-        report["runs"][method] = results
-    write_report(report)
+        trained[method], _ = resume.train_once(
+            state, method, os.path.join(log_dir, "model.keras"),
+            lambda method=method, log_dir=log_dir: train(method, log_dir, train_ds, val_ds, info, strategy,
+                                                         extra_callbacks),
+            backup_dir=os.path.join(log_dir, "backup"),
+        )
+    for method in runs:
+        def evaluation(method=method):
+            classifier = trained[method]
+            if classifier is None:  # trained by an earlier, interrupted run
+                classifier = resume.load_finished_model(state, method)
+            training = state.result(method)
+            return dict(evaluate(classifier, eval_ds, phase=f"evaluation/{method}"),
+                        train_seconds=training["train_seconds"], model_path=training["model_path"])
+
+        report["runs"][method] = state.run_once(f"evaluation/{method}", evaluation)
+    if state.is_done("report") and os.path.exists(os.path.join(FLAGS.logdir, "evaluation.json")):
+        print(f"{FLAGS.logdir} holds a finished run (state.json); nothing to do. "
+              "Use another --logdir, or delete this one, to train again.")
+        print_report(report)
+    else:
+        write_report(report)
+        state.finish("report")
     return report
 
 
 def write_report(report):
+    """Writes ``<logdir>/evaluation.json`` (atomically) and prints the table."""
     path = os.path.join(FLAGS.logdir, "evaluation.json")
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2)
+    resume.write_json_atomic(path, report, hint="Free disk space and rerun: the finished phases are kept.")
+    print_report(report)
+    print(f"wrote {path}")
+
+
+def print_report(report):
     keys = [k for k in next(iter(report["runs"].values())) if k.endswith(("accuracy", "stability"))]
     print(f"\nEvaluation on {next(iter(report['runs'].values()))['examples']} test examples "
           f"({report['dataset']}, eps={report['eps']}):")
     print(f"{'method':>10} " + " ".join(f"{k:>24}" for k in keys))
     for method, results in report["runs"].items():
         print(f"{method:>10} " + " ".join(f"{results[k]:>24.4f}" for k in keys))
-    print(f"wrote {path}")
 
 
 def main(argv):

@@ -1,23 +1,10 @@
 """The main example runs end to end on mock tfds data, and resumes after an interruption."""
 
-import importlib.util
 import json
-import pathlib
 
 import keras
 import pytest
 import tensorflow_datasets as tfds
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def trades_cifar():
-    spec = importlib.util.spec_from_file_location("trades_cifar_example", ROOT / "examples" / "trades_cifar.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # defines the absl flags once per test session
-    return module
-
 
 TINY = [
     "--dataset=cifar10", "--model=small_cnn", "--width=4", "--batch_size=8", "--epochs=2",
