@@ -173,18 +173,8 @@ class MaxOperatorNorm(_keras.LayerGeometry, keras.constraints.Constraint):
         ...     16, 3, kernel_constraint=tfnorms.MaxOperatorNorm(2.0, ord=np.inf))
     """
 
-    def __init__(
-        self,
-        max_value,
-        ord=1,
-        mode="all",
-        input_shape=None,
-        strides=None,
-        padding=None,
-        dilation_rate=None,
-        groups=None,
-        depthwise=None,
-    ):
+    def __init__(self, max_value, ord=1, mode="all", input_shape=None, strides=None, padding=None,
+                 dilation_rate=None, groups=None, depthwise=None):
         self.max_value = _args.positive(max_value, "max_value")
         self.ords = _args.ords(ord)
         self.mode = _validate_mode(mode)

@@ -81,17 +81,8 @@ class NormDecay(_keras.LayerGeometry, keras.regularizers.Regularizer):
         (2, 2)
     """
 
-    def __init__(
-        self,
-        factor=1e-3,
-        ord=1,
-        input_shape=None,
-        strides=None,
-        padding=None,
-        dilation_rate=None,
-        groups=None,
-        depthwise=None,
-    ):
+    def __init__(self, factor=1e-3, ord=1, input_shape=None, strides=None, padding=None, dilation_rate=None,
+                 groups=None, depthwise=None):
         self.factor = _args.nonnegative(factor, "factor")
         self.ords = _args.ords(ord)
         self._init_geometry(input_shape, strides, padding, dilation_rate, groups, depthwise)

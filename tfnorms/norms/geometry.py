@@ -164,12 +164,7 @@ def column_masks(n, k: int, s: int, d: int, padding: PaddingSpec) -> np.ndarray:
     if n is None:
         classes = [[r for r in range(k) if (r * d) % s == c] for c in range(s)]
         return _maximal_sets(classes, k)
-    before, _, n_out = axis_padding(n, k, s, d, padding)
-    if n_out == 0:
-        raise ValueError(
-            f"The convolution has no output: input length {n} is smaller than "
-            f"the kernel's reach {(k - 1) * d + 1} with padding={padding!r}."
-        )
+    before, n_out = _before_and_output_length(n, k, s, d, padding)
     sets = []
     for a in range(n):
         positions = []
@@ -181,6 +176,17 @@ def column_masks(n, k: int, s: int, d: int, padding: PaddingSpec) -> np.ndarray:
     return _maximal_sets(sets, k)
 
 
+def _before_and_output_length(n, k, s, d, padding):
+    """``(p_before, n_out)`` of :func:`axis_padding`; raises when the convolution has no output."""
+    before, _, n_out = axis_padding(n, k, s, d, padding)
+    if n_out == 0:
+        raise ValueError(
+            f"The convolution has no output: input length {n} is smaller than "
+            f"the kernel's reach {(k - 1) * d + 1} with padding={padding!r}."
+        )
+    return before, n_out
+
+
 @functools.lru_cache(maxsize=4096)
 def row_masks(n, k: int, s: int, d: int, padding: PaddingSpec) -> np.ndarray:
     """Maximal sets of kernel positions that one output element reads.
@@ -190,12 +196,7 @@ def row_masks(n, k: int, s: int, d: int, padding: PaddingSpec) -> np.ndarray:
     """
     if n is None:
         return np.ones((1, k), dtype=np.float64)
-    before, _, n_out = axis_padding(n, k, s, d, padding)
-    if n_out == 0:
-        raise ValueError(
-            f"The convolution has no output: input length {n} is smaller than "
-            f"the kernel's reach {(k - 1) * d + 1} with padding={padding!r}."
-        )
+    before, n_out = _before_and_output_length(n, k, s, d, padding)
     sets = []
     for u in range(n_out):
         sets.append([r for r in range(k) if 0 <= u * s + r * d - before < n])
