@@ -33,20 +33,35 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfnorms import _inputs
 from tfnorms.attacks import PGD, loop
 
 
+def _nan_where_not_finite(values, *logits):
+    """``values`` with NaN in the rows where any of ``logits`` has a NaN or an Inf (no prediction there)."""
+    finite = tf.reduce_all(tf.stack([_inputs.finite_rows(z) for z in logits]), axis=0)
+    return tf.where(finite, values, tf.constant(float("nan"), values.dtype))
+
+
 def correct(labels, logits) -> tf.Tensor:
-    """``[batch]`` float32, 1 where ``argmax(logits)`` is the label (class ids or one-hot rows)."""
+    """``[batch]`` float32: 1 where ``argmax(logits)`` is the label, 0 where it is not, NaN without a prediction.
+
+    ``labels`` are class ids or distribution rows (checked by
+    ``tfnorms._inputs.check_labels``: an out-of-range id is an error, not class 0).
+    A row whose logits are not all finite (a model with NaN weights) has no
+    prediction: it is NaN, neither correct nor wrong, so a mean over it is
+    NaN rather than a plausible accuracy.
+    """
     logits = tf.cast(tf.convert_to_tensor(logits), tf.float32)
-    return 1.0 - tf.cast(loop.misclassified(logits, labels), tf.float32)
+    labels = _inputs.check_labels(labels, logits.shape[-1], name="labels")
+    return _nan_where_not_finite(1.0 - tf.cast(loop.misclassified(logits, labels), tf.float32), logits)
 
 
 def unchanged(clean_logits, adversarial_logits) -> tf.Tensor:
-    """``[batch]`` float32, 1 where the predicted class is the same for both logits."""
+    """``[batch]`` float32, 1 where the predicted class is the same for both logits (NaN where either is not finite)."""
     clean = tf.argmax(tf.cast(clean_logits, tf.float32), axis=-1)
     adversarial = tf.argmax(tf.cast(adversarial_logits, tf.float32), axis=-1)
-    return tf.cast(tf.equal(clean, adversarial), tf.float32)
+    return _nan_where_not_finite(tf.cast(tf.equal(clean, adversarial), tf.float32), clean_logits, adversarial_logits)
 
 
 @keras.saving.register_keras_serializable(package="tfnorms")
@@ -54,7 +69,9 @@ class RobustAccuracy(keras.metrics.Mean):
     """Streaming accuracy of logits for class-id or one-hot labels.
 
     Fed with the logits of adversarial inputs it is robust accuracy; fed with
-    clean logits, clean accuracy.
+    clean logits, clean accuracy. Rows with a NaN or an Inf logit make the
+    result NaN (see :func:`correct`); labels are checked (an out-of-range class
+    id is an error).
 
     Example:
         >>> import numpy as np
@@ -118,6 +135,14 @@ def evaluate_robustness(model, x, y=None, attack=None, batch_size=128, training=
 
     Returns:
         ``{"clean_accuracy", "robust_accuracy", "stability"}`` as Python floats.
+
+    Raises:
+        ValueError: (eagerly, per batch, before the attack runs) for images
+            that are not floats in [0, 1], labels that are not class ids /
+            distribution rows of the model's classes, an empty batch or an
+            empty data set (zero points have no accuracy); and, after a batch,
+            for non-finite clean or adversarial logits (NaN / Inf: a model
+            with NaN weights has no prediction, so no accuracy).
     """
     if attack is None:
         attack = PGD(0.031, 0.007, 20)
@@ -137,16 +162,23 @@ def evaluate_robustness(model, x, y=None, attack=None, batch_size=128, training=
     # concrete function with an unknown batch dimension.
     compiled = None
     for x_batch, y_batch in _batches(x, y, batch_size):
-        x_batch, y_batch = tf.cast(x_batch, tf.float32), tf.convert_to_tensor(y_batch)
+        x_batch, y_batch = _inputs.check_batch(model, x_batch, y_batch, run_model=False)
+        x_batch = tf.cast(x_batch, tf.float32)
         if compiled is None:
             compiled = tf.function(batch_outputs).get_concrete_function(
                 tf.TensorSpec((None,) + tuple(x_batch.shape[1:]), x_batch.dtype),
                 tf.TensorSpec((None,) + tuple(y_batch.shape[1:]), y_batch.dtype),
             )
         clean_logits, adversarial_logits = compiled(x_batch, y_batch)
+        _inputs.check_finite_logits(clean_logits, inputs="x")
+        _inputs.check_labels(y_batch, clean_logits.shape[-1])  # a plain callable's class count is known only now
+        _inputs.check_finite_logits(adversarial_logits, inputs="the attack's outputs")
         clean_accuracy.update_state(y_batch, clean_logits)
         adversarial_accuracy.update_state(y_batch, adversarial_logits)
         stability.update_state(clean_logits, adversarial_logits)
+    if compiled is None:
+        raise ValueError("Invalid value for argument `x`. Expected at least one point (zero points have no "
+                         "accuracy). Received: an empty data set")
     return {
         "clean_accuracy": float(clean_accuracy.result()),
         "robust_accuracy": float(adversarial_accuracy.result()),

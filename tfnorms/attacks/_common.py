@@ -14,15 +14,27 @@ import secrets
 import numpy as np
 import tensorflow as tf
 
+from tfnorms import _inputs
 from tfnorms.attacks import loop
 
 
-def class_ids(labels, num_classes: int) -> tf.Tensor:
-    """``[batch]`` int32 class ids from class ids (``[batch]``, ``[batch, 1]``) or one-hot rows."""
-    labels = tf.convert_to_tensor(labels)
-    if labels.shape.rank == 2 and labels.shape[-1] == num_classes and num_classes > 1:
+def class_ids(labels) -> tf.Tensor:
+    """``[batch]`` int32 class ids from labels normalised by ``_inputs.check_labels`` (ids, or rows: their arg-max)."""
+    if labels.shape.rank == 2:
         return tf.cast(tf.argmax(labels, axis=-1), tf.int32)
-    return tf.cast(tf.reshape(labels, [-1]), tf.int32)
+    return labels
+
+
+def checked_inputs(model, x, y):
+    """The shared start of APGD, FAB and Square: checked float32 inputs, their clean logits, int32 class ids.
+
+    Raises ``ValueError`` (eagerly) for an empty batch, images that are not
+    floats in [0, 1], non-finite clean logits or invalid labels.
+    """
+    x = tf.cast(_inputs.check_images(_inputs.check_nonempty(x)), tf.float32)
+    clean_logits = _inputs.check_finite_logits(logits(model, x))
+    labels = _inputs.check_labels(y, clean_logits.shape[-1], batch_size=x.shape[0])
+    return x, clean_logits, class_ids(labels)
 
 
 def logits(model, x) -> tf.Tensor:

@@ -295,13 +295,16 @@ class APGD(_common.ResultAttack):
 
         Returns:
             An :class:`APGDResult`.
+
+        Raises:
+            ValueError: for an empty batch, images that are not floats in
+                [0, 1], non-finite clean logits (a model with NaN weights) or
+                labels that are not class ids / distribution rows of the model's classes.
         """
         if self._compiled is None:
             self._compiled = tf.function(self._single_run, reduce_retracing=True)
-        x = tf.cast(tf.convert_to_tensor(x), tf.float32)
-        clean_logits = _common.logits(model, x)
+        x, clean_logits, labels = _common.checked_inputs(model, x, y)
         num_classes = clean_logits.shape[-1]
-        labels = _common.class_ids(y, num_classes)
         base_seed = seed if seed is not None else (self.seed if self.seed is not None else _common.fresh_seed())
 
         success = loop.misclassified(clean_logits, labels)

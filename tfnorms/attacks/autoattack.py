@@ -31,6 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfnorms import _inputs
 from tfnorms.attacks import _common, losses, projections
 from tfnorms.attacks.apgd import APGD
 from tfnorms.attacks.fab import FAB
@@ -57,7 +58,8 @@ class AutoAttackResult:
         clean_correct: ``[n]`` bool, the clean point is classified correctly.
         robust: ``[n]`` bool, correct at the clean point and no attack broke it.
         broken_by: ``[n]`` str, the attack that broke the point (``"clean"`` if
-            misclassified without attack, ``""`` if robust).
+            misclassified without attack, ``"non-finite"`` if the clean logits
+            have a NaN or an Inf, ``""`` if robust).
         adversarial: ``[n, ...]`` float32, the verified adversarial example
             where a point was broken, the clean input otherwise.
         report: the JSON-safe report (see :meth:`AutoAttack.evaluate`).
@@ -93,25 +95,21 @@ def _materialize(x, y):
             raise ValueError("Invalid value for argument `y`. Expected None when `x` is a tf.data.Dataset of (x, y).")
         xs, ys = [], []
         for x_batch, y_batch in x:
-            xs.append(np.asarray(x_batch, np.float32))
+            xs.append(np.asarray(x_batch))
             ys.append(np.asarray(y_batch))
         if not xs:
             raise ValueError("Invalid value for argument `x`. Expected a non-empty data set.")
         x, y = np.concatenate(xs), np.concatenate(ys)
     elif y is None:
         raise ValueError("Invalid value for argument `y`. Expected labels for the arrays in `x`. Received: y=None")
-    x = np.asarray(x, np.float32)
+    x = _inputs.check_images(_inputs.check_nonempty(np.asarray(x)))
     y = np.asarray(y)
-    if len(x) != len(y) or len(x) == 0:
+    if len(x) != len(y):
         raise ValueError(
-            f"Invalid value for arguments `x`, `y`. Expected as many labels as inputs (at least one). "
+            f"Invalid value for arguments `x`, `y`. Expected as many labels as inputs. "
             f"Received: {len(x)} inputs and {len(y)} labels"
         )
-    if x.min() < 0.0 or x.max() > 1.0:
-        raise ValueError(
-            f"Invalid value for argument `x`. Expected images in [0, 1]. Received values in [{x.min()}, {x.max()}]"
-        )
-    return x, y
+    return x.astype(np.float32), y
 
 
 @keras.saving.register_keras_serializable(package="tfnorms")
@@ -205,7 +203,7 @@ class AutoAttack:
             raise ValueError(f"Invalid value for argument `verbose`. Expected 0, 1 or 2. Received: verbose={verbose!r}")
         self.verbose = int(verbose)
         self._clean_pass = tf.function(self._clean_outputs, reduce_retracing=True)
-        self._predict = tf.function(lambda model, x: tf.argmax(_common.logits(model, x), axis=-1), reduce_retracing=True)
+        self._predict = tf.function(self._predictions, reduce_retracing=True)
 
     # ------------------------------------------------------------------ attacks
     def _build(self, name):
@@ -256,6 +254,12 @@ class AutoAttack:
         gradient = tape.gradient(loss, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return outputs, projections.per_example_norm(gradient, 1)
 
+    @staticmethod
+    def _predictions(model, x):
+        """Arg-max class and whether the logits are finite (``[batch]`` each)."""
+        outputs = _common.logits(model, x)
+        return tf.argmax(outputs, axis=-1), _inputs.finite_rows(outputs)
+
     def _flag(self, flags, message):
         if message in flags:  # e.g. the same attack on several batches
             return
@@ -284,6 +288,19 @@ class AutoAttack:
             (after each attack of the cascade), ``points_broken_per_attack``,
             ``seconds_per_attack``, ``version``, ``attacks`` (their configs),
             ``n_points``, ``seed``, ``flags`` and ``seconds``.
+
+            Non-finite predictions are never counted as correct nor as broken:
+            points whose clean logits have a NaN or an Inf are not correct,
+            ``broken_by == "non-finite"``, counted in ``non_finite_points``;
+            an attack's output point with NaN / Inf values, or whose logits are
+            not finite, is not a break (the point stays robust unless another
+            attack breaks it) and is counted in
+            ``non_finite_candidates_per_attack``. Both come with a flag.
+
+        Raises:
+            ValueError: for an empty data set, images that are not floats in
+                [0, 1], or labels that are not class ids / distribution rows
+                of the model's classes (``tfnorms._inputs``).
         """
         start_time = time.time()
         x, y = _materialize(x, y)
@@ -293,7 +310,7 @@ class AutoAttack:
         flags: List[str] = []
 
         num_classes = int(_common.logits(model, tf.constant(x[:1])).shape[-1])
-        labels = _common.class_ids(y, num_classes).numpy()
+        labels = _common.class_ids(_inputs.check_labels(y, num_classes, batch_size=n)).numpy()
         outputs, gradient_norms = [], []
         for start in range(0, n, bs):
             out, grad = self._clean_pass(model, tf.constant(x[start:start + bs]), tf.constant(labels[start:start + bs]))
@@ -315,7 +332,14 @@ class AutoAttack:
             if differences > 1e-4 or predictions_differ:
                 self._flag(flags, "two forward passes on the same inputs differ: the model is randomised "
                                   "(or runs dropout / batch statistics at inference). Use version='rand'.")
-        clean_correct = clean_outputs.argmax(-1) == labels
+        # A point whose clean logits are not all finite has no prediction: never correct, never broken by an
+        # attack (broken_by "non-finite"), counted in the report and flagged.
+        finite = np.all(np.isfinite(clean_outputs), axis=-1)
+        non_finite = int(np.sum(~finite))
+        if non_finite:
+            self._flag(flags, f"{non_finite} points have non-finite clean logits (NaN or Inf): they count as neither "
+                              "correct nor broken (broken_by 'non-finite'). Check the model's weights and numerics.")
+        clean_correct = np.logical_and(finite, clean_outputs.argmax(-1) == labels)
         zero_gradient = int(np.sum(np.logical_and(gradient_norms == 0.0, clean_correct)))
         if zero_gradient:
             self._flag(flags, f"{zero_gradient} correctly classified points have a zero input gradient; "
@@ -328,16 +352,16 @@ class AutoAttack:
                               f"({', '.join(targeted)}) use {num_classes - 1} target classes.")
 
         robust = clean_correct.copy()
-        broken_by = np.where(clean_correct, "", "clean").astype(object)
+        broken_by = np.where(clean_correct, "", np.where(finite, "clean", "non-finite")).astype(object)
         adversarial = x.copy()
-        robust_after, broken_count, seconds = {}, {}, {}
+        robust_after, broken_count, seconds, rejected_count = {}, {}, {}, {}
         if self.verbose:
             print(f"AutoAttack ({self.version}, eps={self.eps:.5g}, seed={seed}) on {n} points: "
                   f"clean accuracy {clean_correct.mean():.2%}")
         for attack_index, (name, attack) in enumerate(attack_list):
             attack_start = time.time()
             indices = np.flatnonzero(robust)
-            broken_count[name] = 0
+            broken_count[name] = rejected_count[name] = 0
             if isinstance(attack, APGD) and attack.targeted and attack.loss == "dlr" and num_classes < 4:
                 self._flag(flags, f"{name} skipped: the targeted DLR loss needs at least 4 classes.")
                 continue
@@ -353,12 +377,18 @@ class AutoAttack:
                 else:
                     candidate = attack(model, xb, yb)
                 candidate = np.asarray(candidate, np.float32).reshape(xb.shape)
-                # Verify: inside the eps-ball and [0, 1] (projection only removes float round-off), then misclassified.
+                # Verify: finite, inside the eps-ball and [0, 1] (projection only removes float round-off), then
+                # misclassified with finite logits. A NaN / Inf point or prediction is never a break.
+                finite_point = np.all(np.isfinite(candidate.reshape(len(batch), -1)), axis=1)
+                candidate = np.where(_common.broadcast(finite_point, xb).numpy(), candidate, x[batch])
                 projected = projections.project(candidate, xb, self.eps, np.inf).numpy()
                 if np.abs(projected - candidate).max() > _BALL_TOLERANCE:
                     self._flag(flags, f"{name} returned points outside the eps-ball or [0, 1]; they were projected "
                                       "back before checking.")
-                fooled = self._predict(model, tf.constant(projected)).numpy() != labels[batch]
+                prediction, finite_logits = (v.numpy() for v in self._predict(model, tf.constant(projected)))
+                valid = np.logical_and(finite_point, finite_logits)
+                fooled = np.logical_and(valid, prediction != labels[batch])
+                rejected_count[name] += int(np.sum(~valid))
                 broken = batch[fooled]
                 robust[broken] = False
                 broken_by[broken] = name
@@ -366,6 +396,9 @@ class AutoAttack:
                 broken_count[name] += int(fooled.sum())
                 if progress is not None:
                     progress.add(len(batch), values=[("robust_accuracy", float(robust.mean()))])
+            if rejected_count[name]:
+                self._flag(flags, f"{name} returned {rejected_count[name]} points with NaN / Inf values or non-finite "
+                                  "logits; they were not counted as broken.")
             robust_after[name] = float(robust.mean())
             seconds[name] = round(time.time() - attack_start, 3)
             if self.verbose:
@@ -391,6 +424,8 @@ class AutoAttack:
             "robust_accuracy": robust_accuracy,
             "robust_accuracy_per_attack": robust_after,
             "points_broken_per_attack": broken_count,
+            "non_finite_points": non_finite,
+            "non_finite_candidates_per_attack": rejected_count,
             "seconds_per_attack": seconds,
             "version": self.version,
             "attacks": [

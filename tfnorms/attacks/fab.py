@@ -196,13 +196,14 @@ class FAB(_common.ResultAttack):
         return adversarial, norm
 
     def run(self, model, x, y, seed=None) -> FABResult:
-        """Runs FAB-T (all targets and restarts) on a batch; see :class:`FABResult`."""
+        """Runs FAB-T (all targets and restarts) on a batch; see :class:`FABResult`.
+
+        Inputs are checked as in :meth:`APGD.run` (``ValueError`` for invalid images, labels or logits).
+        """
         if self._compiled is None:
             self._compiled = tf.function(self._single_run, reduce_retracing=True)
-        x = tf.cast(tf.convert_to_tensor(x), tf.float32)
-        clean_logits = _common.logits(model, x)
+        x, clean_logits, labels = _common.checked_inputs(model, x, y)
         num_classes = clean_logits.shape[-1]
-        labels = _common.class_ids(y, num_classes)
         base_seed = seed if seed is not None else (self.seed if self.seed is not None else _common.fresh_seed())
         misclassified = loop.misclassified(clean_logits, labels)
         norm = tf.where(misclassified, 0.0, _NO_SUCCESS)

@@ -27,6 +27,7 @@ from typing import Callable, NamedTuple, Optional
 
 import tensorflow as tf
 
+from tfnorms import _inputs
 from tfnorms.attacks import losses as losses_lib
 from tfnorms.attacks.projections import per_example_norm
 
@@ -51,9 +52,14 @@ def logits_in_float32(model, x, training: bool) -> tf.Tensor:
 
 
 def misclassified(logits: tf.Tensor, labels) -> tf.Tensor:
-    """``[batch]`` bool: the arg-max logit is not the label."""
+    """``[batch]`` bool: the arg-max logit is not the label, and every logit is finite.
+
+    A row with a NaN or an infinite logit has no prediction (its arg-max would
+    be 0): it never counts as misclassified, so no attack reports a success there.
+    """
     one_hot = losses_lib.one_hot_labels(labels, logits.shape[-1])
-    return tf.not_equal(tf.argmax(logits, axis=-1), tf.argmax(one_hot, axis=-1))
+    wrong = tf.not_equal(tf.argmax(logits, axis=-1), tf.argmax(one_hot, axis=-1))
+    return tf.logical_and(wrong, _inputs.finite_rows(logits))
 
 
 def run(
@@ -94,9 +100,26 @@ def run(
 
     Returns:
         An :class:`AttackResult`.
+
+    Raises:
+        ValueError: for an empty batch, images that are not floats in [0, 1]
+            or labels that are not class ids / distribution rows of the
+            model's classes (checked by :func:`tfnorms._inputs.check_batch`).
     """
-    x = tf.cast(tf.convert_to_tensor(x), tf.float32)
-    labels = tf.convert_to_tensor(labels)
+    x, labels = _inputs.check_batch(model, x, labels, y_name="labels")
+    return iterate(
+        model, x, labels, loss_fn=loss_fn, step_fn=step_fn, project_fn=project_fn, steps=steps, start_fn=start_fn,
+        training=training, clean_logits=clean_logits, stop_at_misclassification=stop_at_misclassification,
+        gradient_norm_ord=gradient_norm_ord,
+    )
+
+
+def iterate(
+    model, x, labels, *, loss_fn, step_fn, project_fn, steps, start_fn=None, training=False, clean_logits=None,
+    stop_at_misclassification=False, gradient_norm_ord=1,
+) -> AttackResult:
+    """The loop of :func:`run` on inputs and labels already checked (normalised by ``_inputs.check_batch``)."""
+    x = tf.cast(x, tf.float32)
     if clean_logits is None and losses_lib.requires_clean_logits(loss_fn):
         clean_logits = logits_in_float32(model, x, training)
     if clean_logits is not None:

@@ -23,6 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfnorms import _inputs
 from tfnorms.attacks import loop, projections
 from tfnorms.attacks import losses as losses_lib
 from tfnorms.attacks import starts as starts_lib
@@ -154,7 +155,14 @@ class PGD:
         Returns:
             :class:`tfnorms.attacks.AttackResult` ``(adversarial, max_gradient_norm)``;
             the gradient norm is l1 for l_inf attacks and l2 for l2 attacks.
+
+        Raises:
+            ValueError: for an empty batch, images that are not floats in
+                [0, 1] or invalid labels (see :func:`tfnorms.attacks.loop.run`).
         """
+        # Checked here, before any trace: the compiled function only ever sees int32 ids [batch] or
+        # float32 rows [batch, classes], so a trace for one kind of labels is never reused for the other.
+        x, y = _inputs.check_batch(model, x, y)
         if tf.executing_eagerly():
             # An eager Python loop of forward/backward passes is slow; trace once per model and shape.
             if self._eager_function is None:
@@ -163,7 +171,7 @@ class PGD:
         return self._run(model, x, y, clean_logits)
 
     def _run(self, model, x, y, clean_logits):
-        return loop.run(model, x, y, clean_logits=clean_logits, **self._components())
+        return loop.iterate(model, x, y, clean_logits=clean_logits, **self._components())
 
     def __call__(self, model, x, y, clean_logits=None):
         return self.run(model, x, y, clean_logits=clean_logits).adversarial

@@ -141,12 +141,13 @@ class Square(_common.ResultAttack):
         return x_best, margin, queries
 
     def run(self, model, x, y, seed=None) -> SquareResult:
-        """Runs the attack on a batch; see :class:`SquareResult`."""
+        """Runs the attack on a batch; see :class:`SquareResult`.
+
+        Inputs are checked as in :meth:`APGD.run` (``ValueError`` for invalid images, labels or logits).
+        """
         if self._compiled is None:
             self._compiled = tf.function(self._single_run, reduce_retracing=True)
-        x = tf.cast(tf.convert_to_tensor(x), tf.float32)
-        clean_logits = _common.logits(model, x)
-        labels = _common.class_ids(y, clean_logits.shape[-1])
+        x, clean_logits, labels = _common.checked_inputs(model, x, y)
         true_logit, other_logit = losses.true_and_best_other_logit(clean_logits, labels)
         margin = true_logit - other_logit
         base_seed = seed if seed is not None else (self.seed if self.seed is not None else _common.fresh_seed())
