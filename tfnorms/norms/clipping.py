@@ -40,6 +40,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfnorms import _inputs
 from tfnorms.norms.operator_norms import _as_float_tensor, _check_kernel, normalize_input_shape
 from tfnorms.norms.projections import as_scalar
 
@@ -102,13 +103,16 @@ def clip_matrix_singular_values(matrices, clip_to, method="gram") -> tf.Tensor:
 def dense_clip_singular_values(kernel, clip_to, method="gram") -> tf.Tensor:
     """Clips the singular values of a Dense kernel ``(in, out)`` to ``<= clip_to``.
 
+    Raises ``ValueError`` for a kernel with NaN or Inf entries (eagerly; inside
+    a ``tf.function`` a ``tf.debugging`` assertion, dropped under XLA).
+
     Example:
         >>> import numpy as np
         >>> dense_clip_singular_values(np.diag([3.0, -0.5]), 1.0).numpy().round(6)
         array([[ 1. ,  0. ],
                [ 0. , -0.5]])
     """
-    kernel = _check_kernel(kernel, 2)
+    kernel = _inputs.check_finite(_check_kernel(kernel, 2), "kernel")
     return clip_matrix_singular_values(kernel, clip_to, method)
 
 
@@ -131,7 +135,7 @@ def _check_conv(kernel, input_shape, groups):
             "Invalid value for argument `groups`. Expected a positive int dividing "
             f"the number of output channels {kernel.shape[3]}. Received: groups={groups!r}"
         )
-    return kernel, shape, int(groups)
+    return _inputs.check_finite(kernel, "kernel"), shape, int(groups)
 
 
 def _to_spatial_last(kernel, shape, groups):
@@ -169,6 +173,10 @@ def conv2d_clip_singular_values(
 
     Returns:
         The clipped kernel, same shape and dtype.
+
+    Raises:
+        ValueError: for a kernel with NaN or Inf entries (eagerly; inside a
+            ``tf.function`` a ``tf.debugging`` assertion, dropped under XLA).
 
     Example:
         >>> import numpy as np

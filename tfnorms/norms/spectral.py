@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfnorms import _inputs
 from tfnorms.norms import geometry
 from tfnorms.norms.operator_norms import _check_kernel, validate_conv_args
 
@@ -42,12 +43,16 @@ def dense_spectral_norm(kernel) -> tf.Tensor:
     Computed as the square root of the largest eigenvalue of the smaller Gram
     matrix (differentiable, XLA-compatible).
 
+    Raises:
+        ValueError: for a kernel with NaN or Inf entries (eagerly; inside a
+            ``tf.function`` a ``tf.debugging`` assertion, dropped under XLA).
+
     Example:
         >>> import numpy as np
         >>> round(float(dense_spectral_norm(np.diag([3.0, -4.0]))), 6)
         4.0
     """
-    kernel = _check_kernel(kernel, 2)
+    kernel = _inputs.check_finite(_check_kernel(kernel, 2), "kernel")
     return tf.sqrt(_largest_gram_eigenvalue(kernel))
 
 
@@ -113,7 +118,7 @@ def _validate(kernel, input_shape, strides, padding, dilation_rate, groups):
                 raise ValueError(
                     f"The convolution has no output for input_shape={shape} and padding={padding!r}."
                 )
-    return kernel, shape, strides, dilation_rate, pads, groups
+    return _inputs.check_finite(kernel, "kernel"), shape, strides, dilation_rate, pads, groups
 
 
 def conv2d_singular_values(
@@ -208,6 +213,10 @@ def conv2d_spectral_norm(
         coincide; large layers, whose top singular values crowd together, stop
         about 1e-4 below the norm in float32 (see docs/norms.md). Its gradient
         is the exact gradient ``u v^T`` of the norm at ``v``.
+
+    Raises:
+        ValueError: for a kernel with NaN or Inf entries (eagerly; inside a
+            ``tf.function`` a ``tf.debugging`` assertion, dropped under XLA).
 
     Example:
         >>> import numpy as np
