@@ -33,6 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfnorms import _inputs
 from tfnorms import attacks as attacks_lib
 from tfnorms import metrics as metrics_lib
 from tfnorms.attacks.losses import one_hot_labels
@@ -253,6 +254,14 @@ class AdversarialTrainer(keras.Model):
     attack objectives are computed in float32. Create the trainer inside
     ``strategy.scope()`` for ``tf.distribute``.
 
+    Data are checked (``tfnorms._inputs``): images must be floats in [0, 1],
+    labels class ids in ``[0, classes)`` or distribution rows (one-hot / soft).
+    ``fit``, ``evaluate``, ``train_on_batch`` and ``test_on_batch`` check arrays
+    eagerly and a ``tf.data.Dataset`` in its pipeline, which also holds under
+    ``jit_compile=True``; the steps check again with ``tf.debugging`` assertions
+    (dropped by XLA). ``evaluate`` fails on non-finite logits (under XLA its
+    accuracies are NaN instead).
+
     Args:
         model: a ``keras.Model`` mapping inputs in [0, 1] to logits.
         method: ``"pgd"``, ``"pgd_lambda"``, ``"trades"``, ``"mart"`` or ``"alp"``.
@@ -361,8 +370,54 @@ class AdversarialTrainer(keras.Model):
     def _beta(self):
         return tf.cast(tf.convert_to_tensor(self.beta), tf.float32)
 
+    # Data checks (tfnorms._inputs). In the steps they are trace-time checks plus tf.debugging assertions,
+    # which XLA drops; so data are also checked where they enter, outside the compiled step.
+    def _checked_data(self, x, y=None):
+        """Checks arrays eagerly (``ValueError``) and adds the checks to a ``tf.data.Dataset`` as a ``map``."""
+        if isinstance(x, tf.data.Dataset):
+            return x.map(self._check_element)  # tf.data functions are never XLA-compiled
+        if y is not None and isinstance(x, (np.ndarray, tf.Tensor)) and _inputs.is_concrete(x):
+            _inputs.check_batch(self.model, x, y)
+        return x
+
+    def _check_element(self, *element):
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(element if len(element) > 1 else element[0])
+        with tf.control_dependencies(tf.nest.flatten(_inputs.check_batch(self.model, x, y))):
+            element = tf.nest.map_structure(tf.identity, element)
+        return element if len(element) > 1 else element[0]
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """``keras.Model.fit``; ``x``, ``y`` and ``validation_data`` are checked first (:mod:`tfnorms._inputs`).
+
+        Images must be floats in [0, 1] and labels class ids in ``[0, classes)``
+        or distribution rows: arrays are checked eagerly (``ValueError``), a
+        ``tf.data.Dataset`` in its pipeline (``InvalidArgumentError`` at the
+        first bad batch), so the checks also hold with ``jit_compile=True``.
+        """
+        validation_data = kwargs.get("validation_data")
+        if isinstance(validation_data, tuple) and len(validation_data) >= 2:
+            kwargs["validation_data"] = (self._checked_data(*validation_data[:2]),) + validation_data[1:]
+        elif validation_data is not None:
+            kwargs["validation_data"] = self._checked_data(validation_data)
+        return super().fit(self._checked_data(x, y), y, *args, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """``keras.Model.evaluate`` with ``x``, ``y`` checked first, as in :meth:`fit`."""
+        if not kwargs.get("_use_cached_eval_dataset"):  # fit's validation data, checked by fit
+            x = self._checked_data(x, y)
+        return super().evaluate(x, y, *args, **kwargs)
+
+    def train_on_batch(self, x, y=None, *args, **kwargs):
+        """``keras.Model.train_on_batch`` with ``x``, ``y`` checked first, as in :meth:`fit`."""
+        return super().train_on_batch(self._checked_data(x, y), y, *args, **kwargs)
+
+    def test_on_batch(self, x, y=None, *args, **kwargs):
+        """``keras.Model.test_on_batch`` with ``x``, ``y`` checked first, as in :meth:`fit`."""
+        return super().test_on_batch(self._checked_data(x, y), y, *args, **kwargs)
+
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x, y = _inputs.check_batch(self.model, x, y)
         batch_size = tf.shape(x)[0]
         madry = self.method == "pgd"
 
@@ -395,10 +450,13 @@ class AdversarialTrainer(keras.Model):
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x, y = _inputs.check_batch(self.model, x, y)
         batch_size = tf.shape(x)[0]
-        clean_logits = self.model(x, training=False)
+        # Non-finite logits have no prediction: an error here; under XLA (assertions dropped) the
+        # accuracy / stability metrics are NaN instead of counting them (tfnorms.metrics.correct).
+        clean_logits = _inputs.check_finite_logits(self.model(x, training=False))
         x_adv = _call_attack(self.eval_attack, self.model, x, y, clean_logits)
-        adversarial_logits = self.model(x_adv, training=False)
+        adversarial_logits = _inputs.check_finite_logits(self.model(x_adv, training=False), inputs="the eval attack's outputs")
         terms = self._loss_terms(clean_logits, adversarial_logits, y, self._beta())
         loss = _weighted_batch_mean(terms.total, sample_weight) + self._regularization_loss()
         self.loss_tracker.update_state(loss, sample_weight=batch_size)
