@@ -96,3 +96,11 @@ def test_attach_reports_a_custom_weight_that_keras_cannot_save():
     assert block.scale.regularizer is not None
     assert _keras.attach(block.conv, block.conv.kernel, "constraint", keras.constraints.NonNeg()) is True
     assert isinstance(block.conv.kernel_constraint, keras.constraints.NonNeg)
+
+
+def test_tensorboard_writers_are_found_to_flush(tmp_path):  # TensorBoard._writers
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile("sgd", "mse")
+    board = keras.callbacks.TensorBoard(str(tmp_path))
+    model.fit(np.zeros((4, 3)), np.zeros((4, 2)), epochs=1, verbose=0, callbacks=[board])
+    assert _keras.tensorboard_writers(board)

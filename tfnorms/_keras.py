@@ -25,6 +25,10 @@ Private Keras attributes (no public equivalent in Keras 3); each is pinned by
   per-replica copies of a distributed variable).
 * ``Optimizer._variables``: an optimizer's own variables, without those of an
   optimizer it wraps; ``Optimizer._trainable_variables``: those it was built for.
+* ``TensorBoard._writers``: the callback's open summary writers (to flush them).
+
+``tfnorms.resume.AtomicBackupAndRestore`` overrides ``BackupAndRestore``'s own
+hooks (``_save_model``, ``_load_model``); its tests pin them.
 
 Example:
     >>> import keras, tfnorms
@@ -93,6 +97,11 @@ def variable_key(optimizer, variable):
 def optimizer_own_variables(optimizer):
     """The variables an optimizer created itself (a wrapper's, without the wrapped optimizer's)."""
     return optimizer._variables[:]
+
+
+def tensorboard_writers(callback):
+    """The summary writers a ``keras.callbacks.TensorBoard`` callback has open (none if Keras changes)."""
+    return list(getattr(callback, "_writers", {}).values())
 
 
 def optimizer_trainable_variables(optimizer):

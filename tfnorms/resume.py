@@ -55,6 +55,8 @@ import warnings
 import keras
 import numpy as np
 
+from tfnorms import _keras
+
 __all__ = [
     "AtomicBackupAndRestore",
     "FAULT_ENV",
@@ -547,7 +549,7 @@ class FlushTensorBoard(keras.callbacks.Callback):
         self.tensorboard = tensorboard
 
     def on_epoch_end(self, epoch, logs=None):
-        for writer in getattr(self.tensorboard, "_writers", {}).values():  # Keras 3 keeps them there
+        for writer in _keras.tensorboard_writers(self.tensorboard):
             writer.flush()
 
 
