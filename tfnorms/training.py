@@ -33,6 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfnorms import _keras
 from tfnorms import _inputs
 from tfnorms import attacks as attacks_lib
 from tfnorms import metrics as metrics_lib
@@ -316,6 +317,7 @@ class AdversarialTrainer(keras.Model):
         self.robust_accuracy_tracker = metrics_lib.RobustAccuracy(name="robust_accuracy")
         self.stability_tracker = metrics_lib.PerturbationStability(name="stability")
         if getattr(model, "built", False):
+            _keras.bind(model)
             self.built = True
 
     def call(self, inputs, training=None):
@@ -362,6 +364,9 @@ class AdversarialTrainer(keras.Model):
         )
 
     def _regularization_loss(self):
+        # Runs while the step is traced, after the forward passes built the model: binds every
+        # tfnorms regularizer / constraint to its layer before Keras reads them (no-op once bound).
+        _keras.bind(self.model, reset_functions=False)
         losses = self.model.losses
         if not losses:
             return tf.constant(0.0, tf.float32)

@@ -40,30 +40,22 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfnorms import _args
 from tfnorms import _inputs
 from tfnorms.norms.operator_norms import _as_float_tensor, _check_kernel, normalize_input_shape
 from tfnorms.norms.projections import as_scalar
 
-_METHODS = ("gram", "svd", "hermitian")
+SVC_METHODS = ("gram", "svd", "hermitian")
 
 
 def _check_clip_to(clip_to):
     if isinstance(clip_to, (tf.Tensor, tf.Variable)):
         return clip_to
-    if isinstance(clip_to, bool) or not isinstance(clip_to, (int, float, np.integer, np.floating)) or not clip_to > 0:
-        raise ValueError(
-            f"Invalid value for argument `clip_to`. Expected a number > 0. Received: clip_to={clip_to!r}"
-        )
-    return float(clip_to)
+    return _args.positive(clip_to, "clip_to")
 
 
 def _check_method(method):
-    if method not in _METHODS:
-        raise ValueError(
-            'Invalid value for argument `method`. Expected one of "gram", "svd", "hermitian". '
-            f"Received: method={method!r}"
-        )
-    return method
+    return _args.choice(method, "method", SVC_METHODS)
 
 
 def clip_matrix_singular_values(matrices, clip_to, method="gram") -> tf.Tensor:

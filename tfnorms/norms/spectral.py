@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfnorms import _args
 from tfnorms import _inputs
 from tfnorms.norms import geometry
 from tfnorms.norms.operator_norms import _check_kernel, validate_conv_args
@@ -231,10 +232,7 @@ def conv2d_spectral_norm(
         matrices = _circular_transfer_matrices(kernel, shape, dilation_rate, groups, full_spectrum=False)
         return tf.sqrt(_largest_gram_eigenvalue(_realify(matrices)))
 
-    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
-        raise ValueError(
-            f"Invalid value for argument `block_size`. Expected a positive int. Received: block_size={block_size!r}"
-        )
+    block_size = _args.positive_int(block_size, "block_size")
     c_in = kernel.shape[2] * groups
     block = int(min(block_size, shape[0] * shape[1] * c_in))
     conv = dict(strides=strides, dilation_rate=dilation_rate, pads=pads, groups=groups)
