@@ -1,13 +1,15 @@
-"""NumPy brute force for the regularizer / constraint / callback tests.
+"""Brute-force dense operators for the norm, regularizer, constraint and callback tests.
 
 Builds the dense matrix of a zero-padded or circular 2-D cross-correlation by
-explicit index loops (independent of tfnorms.norms.geometry), and reads norms
-and maximal groups off it.
+explicit index loops (independent of tfnorms.norms.geometry), or of any linear
+TensorFlow op / Keras layer by applying it to every basis vector of its input,
+and reads norms and maximal groups off it.
 """
 
 import math
 
 import numpy as np
+import tensorflow as tf
 
 
 def tf_same_padding(n, k, s, d=1):
@@ -49,17 +51,47 @@ def conv_matrix(kernel, hw, strides=1, padding="same"):
     return matrix.reshape(h_out * w_out * c_out, h * w * c_in)
 
 
-def circular_matrix(kernel, hw):
-    """Dense matrix of the stride-1 circular cross-correlation on an ``hw`` torus."""
+def circular_matrix(kernel, hw, dilation=(1, 1)):
+    """Dense matrix of the stride-1 circular cross-correlation on an ``hw`` torus.
+
+    ``y[u, v, j] = sum K[r, c, i, j] x[(u + r d_h) % H, (v + c d_w) % W, i]``.
+    """
     kh, kw, c_in, c_out = kernel.shape
     h, w = hw
+    dh, dw = dilation
     matrix = np.zeros((h, w, c_out, h, w, c_in))
     for u in range(h):
         for v in range(w):
             for r in range(kh):
                 for c in range(kw):
-                    matrix[u, v, :, (u + r) % h, (v + c) % w, :] += kernel[r, c].T
+                    matrix[u, v, :, (u + r * dh) % h, (v + c * dw) % w, :] += kernel[r, c].T
     return matrix.reshape(h * w * c_out, h * w * c_in)
+
+
+def dense_matrix_of(fn, input_shape):
+    """Dense matrix of a linear TensorFlow function: ``fn`` applied to every basis vector (float64)."""
+    size = int(np.prod(input_shape))
+    basis = tf.reshape(tf.eye(size, dtype=tf.float64), (size,) + tuple(input_shape))
+    out = fn(basis)
+    return tf.reshape(out, (size, -1)).numpy().T
+
+
+def dense_conv_matrix(kernel, h, w, strides, padding, dilation):
+    """Rows = flattened outputs, columns = flattened inputs (``tf.nn.conv2d`` on every ``e_k``).
+
+    ``padding`` as ``tf.nn.conv2d`` takes it (see :func:`tf_padding`).
+    """
+    return dense_matrix_of(
+        lambda x: tf.nn.conv2d(x, kernel, strides=strides, padding=padding, dilations=dilation),
+        (h, w, kernel.shape[2]),
+    )
+
+
+def tf_padding(padding):
+    """A tfnorms ``padding`` (``"same"``, ``"valid"`` or explicit pairs) as ``tf.nn.conv2d`` takes it."""
+    if isinstance(padding, str):
+        return padding.upper()
+    return [[0, 0], list(padding[0]), list(padding[1]), [0, 0]]
 
 
 def l1(matrix):
