@@ -3,7 +3,7 @@
 Each of these attacks is a compiled single run (``tf.function``, fixed trip
 count, per-example state in tensors) driven by a short Python loop over
 restarts / target classes that re-runs only the points still robust, as the
-reference does (methods.md §5.2).
+reference does (docs/theory.md#apgd).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def checked_inputs(model, x, y):
 
 
 def logits(model, x) -> tf.Tensor:
-    """Float32 logits in inference mode (pitfalls.md: attacks never run BN in training mode)."""
+    """Float32 logits in inference mode (attacks never run BN in training mode: docs/theory.md#attacks-inference-mode)."""
     return loop.logits_in_float32(model, x, training=False)
 
 

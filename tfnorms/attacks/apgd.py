@@ -1,7 +1,7 @@
 """Auto-PGD (APGD) of Croce & Hein (2020), untargeted (CE, DLR) and targeted (APGD-T), l_inf and l2.
 
-The step-size schedule, momentum and checkpoints follow methods.md §5.2; the
-losses are those of §5.3 (:mod:`tfnorms.attacks.losses`). One run is a
+The step-size schedule, momentum and checkpoints follow docs/theory.md#apgd; the
+losses are those of docs/theory.md#dlr (:mod:`tfnorms.attacks.losses`). One run is a
 compiled ``tf.while_loop`` with a fixed trip count of ``n_iter`` and all
 per-example state (step size, best point, best loss, loss history) in
 tensors; restarts and target classes re-run only the points still robust.
@@ -35,7 +35,7 @@ _LOSSES = ("ce", "dlr")
 
 
 def checkpoint_schedule(n_iter: int) -> List[int]:
-    """Iteration counts after which APGD checks its step size (methods.md §5.2).
+    """Iteration counts after which APGD checks its step size (docs/theory.md#apgd).
 
     ``k = max(floor(0.22 N), 1)``, then after each check
     ``k <- max(k - max(floor(0.03 N), 1), max(floor(0.06 N), 1))``.
@@ -98,7 +98,7 @@ class APGDResult(NamedTuple):
 class APGD(_common.ResultAttack):
     """Auto-PGD: PGD with momentum and a step size halved at checkpoints when progress stalls.
 
-    One run (methods.md §5.2): start at ``x0 = clip(x + eps * t / ||t||, 0, 1)``
+    One run (docs/theory.md#apgd): start at ``x0 = clip(x + eps * t / ||t||, 0, 1)``
     with ``t ~ U[-1, 1]^d`` (l_inf; ``N(0, I)`` for l2), step size ``2 eps``;
     iterate ``z = P(x + eta * step(g))``,
     ``x <- P(x + a (z - x) + (1 - a)(x - x_prev))`` with ``a = 1`` at the first
@@ -182,7 +182,7 @@ class APGD(_common.ResultAttack):
                 tape.watch(x_adv)
                 logits = _common.logits(model, x_adv)
                 loss = self._loss(logits, labels, targets)
-                # Summed over the batch: each example's gradient is that of its own loss (§5.2 note).
+                # Summed over the batch: each example's gradient is that of its own loss (docs/theory.md#pgd-attacks).
                 total = tf.reduce_sum(loss)
             return logits, loss, tf.stop_gradient(tape.gradient(total, x_adv, unconnected_gradients=tf.UnconnectedGradients.ZERO))
 
@@ -249,7 +249,7 @@ class APGD(_common.ResultAttack):
             gradient_best = tf.where(_common.broadcast(improved, x), gradient, s["gradient_best"])
             loss_best = tf.where(improved, loss, s["loss_best"])
 
-            # Checkpoint (§5.2): count loss increases over the last k iterations. The row
+            # Checkpoint (docs/theory.md#apgd): count loss increases over the last k iterations. The row
             # before iteration 0 wraps around to the still-zero last row, as in the reference.
             check, k = is_check[i], window[i]
             increases = tf.cast(loss_steps > tf.roll(loss_steps, 1, axis=0), tf.float32)

@@ -3,7 +3,7 @@
 The standard version runs APGD-CE, APGD-T (9 targets), FAB-T (9 targets) and
 Square (5000 queries) **in cascade**: each attack only sees the points that
 are still classified correctly, and a point is robust only if it survives all
-four (methods.md §5.1). Every adversarial example an attack returns is
+four (docs/theory.md#autoattack). Every adversarial example an attack returns is
 projected onto the threat model and re-checked with a separate forward pass
 before it counts, so the reported robust accuracy is that of points
 verified to be in the eps-ball, in [0, 1] and misclassified.
@@ -116,7 +116,7 @@ def _materialize(x, y):
 class AutoAttack:
     """AutoAttack l_inf: a cascade of attacks, per-point results, robust accuracy, sanity flags and a report.
 
-    Versions (methods.md §5.1):
+    Versions (docs/theory.md#autoattack):
 
     * ``"standard"``: APGD-CE (100 iterations, 1 restart), APGD-T (targeted
       DLR, 9 target classes), FAB-T (9 target classes), Square (5000 queries).

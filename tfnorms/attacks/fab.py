@@ -1,4 +1,4 @@
-"""FAB-T, the targeted l_inf fast adaptive boundary attack of AutoAttack (methods.md §5.4).
+"""FAB-T, the targeted l_inf fast adaptive boundary attack of AutoAttack (docs/theory.md#fab-t).
 
 FAB is a minimum-norm attack: it walks towards the decision boundary between
 the true class ``y`` and a target class ``t`` by projecting onto the
@@ -30,7 +30,7 @@ _NO_SUCCESS = 1e10
 
 
 def project_linf_box(points, w, c):
-    """Minimal-l_inf step onto a hyperplane inside the [0, 1] box (the projection of FAB, methods.md §5.4).
+    """Minimal-l_inf step onto a hyperplane inside the [0, 1] box (the projection of FAB, docs/theory.md#fab-t).
 
     Solves ``min ||d||_inf`` subject to ``<w, d> = c`` and ``0 <= p + d <= 1``
     per example. The optimum moves every coordinate with ``w_i != 0`` by
@@ -104,7 +104,7 @@ class FAB(_common.ResultAttack):
     """FAB-T (l_inf): targeted minimum-norm boundary attack, as run by AutoAttack.
 
     For each of ``n_target_classes`` targets ``t`` (the 2nd, 3rd, ... largest
-    clean logit) and each restart, ``n_iter`` iterations of (methods.md §5.4):
+    clean logit) and each restart, ``n_iter`` iterations of (docs/theory.md#fab-t):
     linearise ``g = z_t - z_y`` at the iterate, compute the minimal l_inf steps
     ``d1`` from the iterate and ``d2`` from the original point onto
     ``{g + <grad g, . - x1> = 0}`` inside the [0, 1] box

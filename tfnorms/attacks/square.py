@@ -1,4 +1,4 @@
-"""Square attack (l_inf), the score-based black-box attack of AutoAttack (methods.md §5.5).
+"""Square attack (l_inf), the score-based black-box attack of AutoAttack (docs/theory.md#square).
 
 Random search on the margin ``z_y - max_{k != y} z_k``: it uses the model's
 outputs only, never its gradients, so it still works where gradients are
@@ -27,7 +27,7 @@ _HALVING_AFTER = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
 def square_fraction(iteration, p_init=0.8):
-    """Fraction ``p_i`` of the image area changed at 0-based query ``iteration`` (methods.md §5.5).
+    """Fraction ``p_i`` of the image area changed at 0-based query ``iteration`` (docs/theory.md#square).
 
     ``p_init`` halved after iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000
     and 8000 (AutoAttack does not rescale the schedule to the query budget).

@@ -2,9 +2,9 @@
 
 * ``"uniform"``: uniform in the l_inf ball (each coordinate ``U(-eps, eps)``),
   or uniform in the l2 ball (Gaussian direction, radius ``eps * U**(1/d)``);
-  the start of evaluation PGD (methods.md §3.1).
+  the start of evaluation PGD (docs/theory.md#pgd-attacks).
 * ``"normal"``: ``x + 0.001 * N(0, I)``, the start of the TRADES / MART / Wu et
-  al. training attacks (methods.md §3.1, §4.2-4.3).
+  al. training attacks (docs/theory.md#pgd-attacks).
 * ``None``: start at ``x`` (FGSM, deterministic attacks).
 
 The loop projects the start onto the ball and the [0, 1] box before the first
