@@ -2,7 +2,7 @@
 
 A fixed trip count (``tf.while_loop`` with ``maximum_iterations=steps``) keeps
 the graph small and compiles under ``tf.function(jit_compile=True)``. An
-attack is the loop plus four components (field-notes §3.3): a loss
+attack is the loop plus four components (docs/architecture.md#attack-composition): a loss
 (:mod:`~tfnorms.attacks.losses`), a step (:mod:`~tfnorms.attacks.steps`), a
 projection (:mod:`~tfnorms.attacks.projections`) and a start
 (:mod:`~tfnorms.attacks.starts`).
@@ -39,7 +39,7 @@ class AttackResult(NamedTuple):
         adversarial: ``[batch, ...]`` float32 adversarial inputs (no gradient flows through them).
         max_gradient_norm: ``[batch]`` maximum over the steps of the ``gradient_norm_ord``
             norm of the gradient of each example's loss with respect to its input
-            (the local-Lipschitz log of methods.md §2.3); zeros if ``steps == 0``.
+            (the local-Lipschitz log of docs/theory.md#local-lipschitz); zeros if ``steps == 0``.
     """
 
     adversarial: tf.Tensor
@@ -135,7 +135,7 @@ def iterate(
         with tf.GradientTape() as tape:
             tape.watch(x_adv)
             logits = logits_in_float32(model, x_adv, training)
-            # Sum, not mean: each example's gradient is that of its own loss (methods.md §2.3).
+            # Sum, not mean: each example's gradient is that of its own loss (docs/theory.md#pgd-attacks).
             objective = tf.reduce_sum(loss_fn(logits, labels, clean_logits))
         gradient = tf.stop_gradient(tape.gradient(objective, x_adv))
         max_gradient_norm = tf.maximum(max_gradient_norm, per_example_norm(gradient, gradient_norm_ord))

@@ -8,8 +8,8 @@ are integer class ids (``[batch]`` or ``[batch, 1]``) or one-hot rows
 TRADES KL) says so with the attribute ``requires_clean_logits = True``.
 
 The attack loop reduces with a **sum** over the batch, so the gradient with
-respect to each input is the gradient of that example's own loss (methods.md
-§2.3) and stays large enough not to underflow in float16 backward passes.
+respect to each input is the gradient of that example's own loss
+(docs/theory.md#pgd-attacks) and stays large enough not to underflow in float16 backward passes.
 
 Example:
     >>> import numpy as np
@@ -78,7 +78,7 @@ def cross_entropy(logits, labels, clean_logits=None) -> tf.Tensor:
 
 
 def kl_divergence(logits, labels, clean_logits=None) -> tf.Tensor:
-    """Per-example ``KL(softmax(clean_logits) || softmax(logits))`` (TRADES attack, methods.md §4.2).
+    """Per-example ``KL(softmax(clean_logits) || softmax(logits))`` (TRADES attack, docs/theory.md#trades).
 
     Computed from ``log_softmax`` of both arguments (no probability clipping);
     ``labels`` are not used.
@@ -95,7 +95,7 @@ kl_divergence.requires_clean_logits = True
 
 
 def cw_margin(logits, labels, clean_logits=None, confidence: float = 0.0) -> tf.Tensor:
-    """Per-example CW margin objective ``-max(z_y - max_{j != y} z_j + confidence, 0)`` (methods.md §3.1).
+    """Per-example CW margin objective ``-max(z_y - max_{j != y} z_j + confidence, 0)`` (docs/theory.md#pgd-attacks).
 
     Maximising it drives the true logit below the best other logit by
     ``confidence``; the gradient vanishes once that is reached. The best other
@@ -110,7 +110,7 @@ def cw_margin(logits, labels, clean_logits=None, confidence: float = 0.0) -> tf.
 
 
 def dlr(logits, labels, clean_logits=None) -> tf.Tensor:
-    """Per-example untargeted DLR loss of AutoAttack (methods.md §5.3); needs >= 3 classes.
+    """Per-example untargeted DLR loss of AutoAttack (docs/theory.md#dlr); needs >= 3 classes.
 
     ``-(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3 + 1e-12)`` with ``pi`` the
     logits sorted in descending order.
@@ -124,7 +124,7 @@ def dlr(logits, labels, clean_logits=None) -> tf.Tensor:
 
 
 def targeted_dlr(logits, labels, target_labels) -> tf.Tensor:
-    """Per-example targeted DLR of AutoAttack's APGD-T (methods.md §5.3); needs >= 4 classes.
+    """Per-example targeted DLR of AutoAttack's APGD-T (docs/theory.md#dlr); needs >= 4 classes.
 
     ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)``.
     """

@@ -63,7 +63,7 @@ class PGD:
     ``x_0 = project(start(x))``; ``steps`` times
     ``x_{t+1} = project(x_t + step(grad_x sum_i loss_i(model(x_t))))`` with the
     sign step for l_inf and the l2-normalised step for l2; returns the final
-    iterate (methods.md §3.1), or with ``stop_at_misclassification=True`` each
+    iterate (docs/theory.md#pgd-attacks), or with ``stop_at_misclassification=True`` each
     example's first misclassified iterate.
 
     Args:
@@ -78,7 +78,7 @@ class PGD:
             TRADES/MART training attacks) or ``None``.
         training: run the model in training mode during the attack. Default
             ``False``: inference mode, so batch norm uses its moving statistics
-            and does not update them (pitfalls.md); ``True`` reproduces code
+            and does not update them (docs/theory.md#attacks-inference-mode); ``True`` reproduces code
             that attacks a model left in train mode.
         stop_at_misclassification: keep each example's first misclassified
             iterate instead of the final one. For a fixed ``seed`` the robust
@@ -236,7 +236,7 @@ class FGSM(PGD):
 
 @keras.saving.register_keras_serializable(package="tfnorms")
 class CW(PGD):
-    """CW-l_inf as used for evaluation by Wu et al.: PGD on the CW margin loss (methods.md §3.1).
+    """CW-l_inf as used for evaluation by Wu et al.: PGD on the CW margin loss (docs/theory.md#pgd-attacks).
 
     The objective is ``-max(z_y - max_{j != y} z_j + confidence, 0)`` with the
     best wrong logit taken over ``j != y`` (the clean margin; see
