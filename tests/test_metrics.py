@@ -103,3 +103,58 @@ def test_invalid_arguments():
         metrics.evaluate_robustness(model, np.zeros((2, 4, 4, 1), "float32"))
     with pytest.raises(ValueError, match="argument `batch_size`"):
         metrics.evaluate_robustness(model, np.zeros((2, 4, 4, 1), "float32"), np.zeros(2), batch_size=0)
+
+
+def test_evaluate_is_the_per_example_worst_case_over_the_attacks():
+    model = small_model(3)
+    rng = np.random.default_rng(4)
+    x, y = rng.random((30, 4, 4, 1)).astype("float32"), rng.integers(0, 3, 30)
+    pgd, cw = attacks.PGD(0.2, 0.05, 4, seed=2), attacks.CW(0.2, 0.05, 4, seed=3)
+    report = metrics.evaluate(model, x, y, {"pgd": pgd, "cw": cw}, batch_size=30)
+    clean = model(x).numpy().argmax(1)
+    adv = {name: model(attack(model, x, y)).numpy().argmax(1) for name, attack in (("pgd", pgd), ("cw", cw))}
+    robust = np.mean((adv["pgd"] == y) & (adv["cw"] == y))
+    stable = np.mean((adv["pgd"] == clean) & (adv["cw"] == clean))
+    assert report.n_points == 30
+    assert report.clean_accuracy == pytest.approx(np.mean(clean == y))
+    assert report.robust_accuracy == pytest.approx(robust)
+    assert report.stability == pytest.approx(stable)
+    for name in ("pgd", "cw"):
+        assert report.per_attack[name]["robust_accuracy"] == pytest.approx(np.mean(adv[name] == y))
+        assert report.per_attack[name]["stability"] == pytest.approx(np.mean(adv[name] == clean))
+    assert report.robust_accuracy <= min(s["robust_accuracy"] for s in report.per_attack.values())
+    as_json = report.to_json()
+    assert as_json["attacks"]["pgd"]["steps"] == 4 and as_json["per_attack"]["cw"] == report.per_attack["cw"]
+    row = report.flat()
+    assert row["pgd_robust_accuracy"] == report.per_attack["pgd"]["robust_accuracy"] and row["examples"] == 30
+
+
+def test_evaluate_takes_exactly_max_examples_and_names_a_list_of_attacks():
+    model = small_model(5)
+    x = np.random.default_rng(6).random((25, 4, 4, 1)).astype("float32")
+    y = np.arange(25) % 3
+    attack = attacks.PGD(0.1, 0.05, 1, random_start=None)
+    report = metrics.evaluate(model, x, y, [attack, attack], batch_size=10, max_examples=13)
+    assert report.n_points == 13 and sorted(report.per_attack) == ["pgd", "pgd_1"]
+    alone = metrics.evaluate(model, x[:13], y[:13], attack, batch_size=13)
+    assert report.robust_accuracy == pytest.approx(alone.robust_accuracy)
+    with pytest.raises(ValueError, match="argument `attacks`"):
+        metrics.evaluate(model, x, y, {})
+    with pytest.raises(ValueError, match="argument `max_examples`"):
+        metrics.evaluate(model, x, y, attack, max_examples=0)
+
+
+def test_the_trainer_evaluation_is_the_same_definition_as_metrics_evaluate():
+    import tfnorms
+
+    model = small_model(7)
+    x = np.random.default_rng(8).random((24, 4, 4, 1)).astype("float32")
+    y = np.arange(24) % 3
+    attack = attacks.PGD(0.2, 0.05, 3, random_start=None)
+    trainer = tfnorms.AdversarialTrainer(model, method="trades", eval_attack=attack)
+    trainer.compile("sgd")
+    logs = trainer.evaluate(x, y, batch_size=24, verbose=0, return_dict=True)
+    report = metrics.evaluate(model, x, y, attack, batch_size=24)
+    assert logs["clean_accuracy"] == pytest.approx(report.clean_accuracy)
+    assert logs["robust_accuracy"] == pytest.approx(report.robust_accuracy)
+    assert logs["stability"] == pytest.approx(report.stability)

@@ -57,7 +57,7 @@ __all__ = [
 TRAINING_METHODS = ("natural", "pgd", "pgd_lambda", "trades", "mart", "alp")
 
 
-# Liang & Huang's four CIFAR models (methods.md §1.9), built by name with no size arguments.
+# Liang & Huang's four CIFAR models (docs/theory.md#reference-models), built by name with no size arguments.
 _FIXED_ARCHITECTURES = {
     "preact_resnet18": models.preact_resnet18,
     "vgg11": models.vgg11,
@@ -207,46 +207,13 @@ def evaluation_attacks(eps, steps=20, step_size=None, kind="pgd", seed=0, apgd_i
 
 
 def evaluate(classifier, dataset, attack_dict: Mapping[str, object], max_examples=None) -> Dict[str, float]:
-    """Clean accuracy and, per example worst case over ``attack_dict``, robust accuracy and stability.
-
-    A point counts as robust only if every attack leaves it correctly
-    classified, and as stable only if no attack changes its prediction
-    (methods.md §2.2). Per-attack numbers are reported as
-    ``<name>_robust_accuracy`` / ``<name>_stability``.
+    """One table row of :func:`tfnorms.metrics.evaluate`: worst case over ``attack_dict`` and per attack.
 
     Returns:
-        ``{"clean_accuracy", "robust_accuracy", "stability", "examples", ...}``.
+        ``{"clean_accuracy", "robust_accuracy", "stability", "examples",
+        "<name>_robust_accuracy", "<name>_stability", ...}``.
     """
-    sums: Dict[str, float] = {}
-    count = 0
-
-    # Attacks run eagerly around their own compiled loops (APGD skips empty subsets eagerly).
-    predict = tf.function(lambda x: classifier(x, training=False), reduce_retracing=True, autograph=False)
-
-    for x, y in dataset:
-        if max_examples is not None and count >= max_examples:
-            break
-        x = tf.cast(x, tf.float32)
-        clean = predict(x)
-        adversarial = [predict(tf.convert_to_tensor(attack(classifier, x, y))) for attack in attack_dict.values()]
-        correct = metrics.correct(y, clean).numpy()
-        robust = np.ones_like(correct)
-        stable = np.ones_like(correct)
-        for name, logits in zip(attack_dict, adversarial):
-            c = metrics.correct(y, logits).numpy()
-            u = metrics.unchanged(clean, logits).numpy()
-            robust, stable = robust * c, stable * u
-            sums[f"{name}_robust_accuracy"] = sums.get(f"{name}_robust_accuracy", 0.0) + c.sum()
-            sums[f"{name}_stability"] = sums.get(f"{name}_stability", 0.0) + u.sum()
-        sums["clean_accuracy"] = sums.get("clean_accuracy", 0.0) + correct.sum()
-        sums["robust_accuracy"] = sums.get("robust_accuracy", 0.0) + robust.sum()
-        sums["stability"] = sums.get("stability", 0.0) + stable.sum()
-        count += len(correct)
-    if count == 0:
-        raise ValueError("`dataset` yielded no examples.")
-    result = {key: float(value / count) for key, value in sums.items()}
-    result["examples"] = count
-    return result
+    return metrics.evaluate(classifier, dataset, attack_dict, max_examples=max_examples).flat()
 
 
 def mean_local_lipschitz(classifier, dataset, eps, step_size, steps=10, max_examples=256, seed=0) -> float:

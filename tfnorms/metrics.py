@@ -8,10 +8,10 @@ whole-data-set functions (:func:`evaluate_robustness`, :func:`robust_accuracy`,
 
 * Robust accuracy: fraction of points classified correctly at the attack's
   output ``x_adv``.
-* Perturbation stability (methods.md §2.2): fraction of **all** points whose
+* Perturbation stability (docs/theory.md#perturbation-stability): fraction of **all** points whose
   predicted label the attack does not change, ``1 - mean(argmax f(x_adv) != argmax f(x))``.
   ``robust_accuracy >= clean_accuracy + stability - 1``.
-* Local Lipschitzness (methods.md §2.3): during a TRADES attack (KL to the
+* Local Lipschitzness (docs/theory.md#local-lipschitz): during a TRADES attack (KL to the
   clean softmax, ``0.001 * N`` start), the largest l1 norm (dual of l_inf) of
   the input gradient of each example's KL over the attack steps.
 
@@ -27,13 +27,15 @@ Example:
 
 from __future__ import annotations
 
-from typing import Dict
+import dataclasses
+import json
+from typing import Dict, Mapping
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tfnorms import _inputs
+from tfnorms import _args, _inputs
 from tfnorms.attacks import PGD, loop
 
 
@@ -65,13 +67,34 @@ def unchanged(clean_logits, adversarial_logits) -> tf.Tensor:
 
 
 @keras.saving.register_keras_serializable(package="tfnorms")
-class RobustAccuracy(keras.metrics.Mean):
-    """Streaming accuracy of logits for class-id or one-hot labels.
+class LogitAccuracy(keras.metrics.Mean):
+    """Streaming accuracy of logits for class-id or distribution-row labels.
 
-    Fed with the logits of adversarial inputs it is robust accuracy; fed with
-    clean logits, clean accuracy. Rows with a NaN or an Inf logit make the
-    result NaN (see :func:`correct`); labels are checked (an out-of-range class
-    id is an error).
+    Unlike Keras' ``SparseCategoricalAccuracy`` / ``CategoricalAccuracy`` (one
+    label kind each), it takes both, checks them (an out-of-range class id is
+    an error), and never counts a row with a NaN or an Inf logit as correct:
+    such rows make the result NaN (see :func:`correct`). The trainer uses it for
+    clean accuracy; :class:`RobustAccuracy` is the same on adversarial logits.
+
+    Example:
+        >>> import numpy as np
+        >>> metric = LogitAccuracy(name="clean_accuracy")
+        >>> metric.update_state(np.array([0, 1]), np.array([[2.0, 0.0], [3.0, 1.0]]))
+        >>> float(metric.result())
+        0.5
+    """
+
+    def __init__(self, name="accuracy", dtype=None):
+        super().__init__(name=name, dtype=dtype)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        """Adds a batch: ``y_true`` labels, ``y_pred`` logits."""
+        return super().update_state(correct(y_true, y_pred), sample_weight=sample_weight)
+
+
+@keras.saving.register_keras_serializable(package="tfnorms")
+class RobustAccuracy(LogitAccuracy):
+    """:class:`LogitAccuracy` fed with the logits of adversarial inputs (named ``robust_accuracy``).
 
     Example:
         >>> import numpy as np
@@ -84,14 +107,10 @@ class RobustAccuracy(keras.metrics.Mean):
     def __init__(self, name="robust_accuracy", dtype=None):
         super().__init__(name=name, dtype=dtype)
 
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        """Adds a batch: ``y_true`` labels, ``y_pred`` logits (of the adversarial inputs)."""
-        return super().update_state(correct(y_true, y_pred), sample_weight=sample_weight)
-
 
 @keras.saving.register_keras_serializable(package="tfnorms")
 class PerturbationStability(keras.metrics.Mean):
-    """Streaming perturbation stability (methods.md §2.2): share of predictions the attack leaves unchanged.
+    """Streaming perturbation stability (docs/theory.md#perturbation-stability): share of predictions the attack leaves unchanged.
 
     Example:
         >>> import numpy as np
@@ -112,17 +131,196 @@ class PerturbationStability(keras.metrics.Mean):
 def _batches(x, y, batch_size):
     if isinstance(x, tf.data.Dataset):
         if y is not None:
-            raise ValueError("Invalid value for argument `y`. Expected None when `x` is a tf.data.Dataset of (x, y).")
+            raise _args.invalid("y", "None when `x` is a tf.data.Dataset of (x, y)", y)
         return x
     if y is None:
-        raise ValueError("Invalid value for argument `y`. Expected labels for the arrays in `x`. Received: y=None")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"Invalid value for argument `batch_size`. Expected an int >= 1. Received: batch_size={batch_size!r}")
+        raise _args.invalid("y", "labels for the arrays in `x`", y)
+    _args.positive_int(batch_size, "batch_size")
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
 
 
+def attack_outputs(attack, model, x, y, clean_logits, training=False):
+    """``attack(model, x, y)``, handing over ``clean_logits`` when the attack uses them and they fit.
+
+    Clean logits are handed over only to an attack that asks for them
+    (``requires_clean_logits``) and runs the model in the mode the logits were
+    computed in (``training``); otherwise the attack computes its own.
+    """
+    if getattr(attack, "requires_clean_logits", False) and bool(getattr(attack, "training", False)) == bool(training):
+        return attack(model, x, y, clean_logits=clean_logits)
+    return attack(model, x, y)
+
+
+def _named_attacks(attacks):
+    """``{name: attack}`` from ``None`` (PGD-20), one attack, a list or a mapping."""
+    expected = "None, an attack, a list of attacks or a dict {name: attack}"
+    if attacks is None:
+        return {"pgd20": PGD(0.031, 0.007, 20)}
+    if callable(attacks):
+        attacks = [attacks]
+    if isinstance(attacks, (list, tuple)):
+        named = {}
+        for attack in attacks:
+            name = type(attack).__name__.lower()
+            named[name if name not in named else f"{name}_{len(named)}"] = attack
+        attacks = named
+    if not isinstance(attacks, Mapping) or not attacks or not all(callable(a) for a in attacks.values()):
+        raise _args.invalid("attacks", expected, attacks)
+    return dict(attacks)
+
+
+@dataclasses.dataclass(frozen=True)
+class RobustnessReport:
+    """What :func:`evaluate` measured: accuracies over ``n_points``, worst case over the attacks.
+
+    Attributes:
+        n_points: points evaluated.
+        clean_accuracy: accuracy on the clean inputs.
+        robust_accuracy: share of points that every attack leaves correctly classified.
+        stability: share of points whose prediction no attack changes.
+        per_attack: ``{name: {"robust_accuracy", "stability"}}`` for each attack alone.
+        attacks: ``{name: attack config}``.
+    """
+
+    n_points: int
+    clean_accuracy: float
+    robust_accuracy: float
+    stability: float
+    per_attack: Dict[str, Dict[str, float]]
+    attacks: Dict[str, dict]
+
+    def summary(self) -> Dict[str, float]:
+        """``{"clean_accuracy", "robust_accuracy", "stability"}`` (worst case over the attacks)."""
+        return {"clean_accuracy": self.clean_accuracy, "robust_accuracy": self.robust_accuracy,
+                "stability": self.stability}
+
+    def flat(self) -> Dict[str, float]:
+        """:meth:`summary` plus ``<name>_robust_accuracy`` / ``<name>_stability`` and ``examples`` (one table row)."""
+        row = self.summary()
+        for name, scores in self.per_attack.items():
+            row.update({f"{name}_{key}": value for key, value in scores.items()})
+        row["examples"] = self.n_points
+        return row
+
+    def to_json(self) -> dict:
+        """A JSON-safe dict (attack configs through ``json``-compatible values)."""
+        return json.loads(json.dumps(dataclasses.asdict(self), default=_json_default))
+
+
+def _json_default(value):
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    return repr(value)
+
+
+class _Tally:
+    """Per-attack and worst-case counts over batches."""
+
+    def __init__(self, names):
+        self.names = list(names)
+        self.count = 0
+        self.sums = dict.fromkeys(["clean", "robust", "stable"] + [f"{n}/{k}" for n in names for k in "cu"], 0.0)
+
+    def add(self, labels, clean, adversarial):
+        correct_clean = correct(labels, clean).numpy()
+        robust = np.ones_like(correct_clean)
+        stable = np.ones_like(correct_clean)
+        for name in self.names:
+            c, u = correct(labels, adversarial[name]).numpy(), unchanged(clean, adversarial[name]).numpy()
+            robust, stable = robust * c, stable * u
+            self.sums[f"{name}/c"] += c.sum()
+            self.sums[f"{name}/u"] += u.sum()
+        self.sums["clean"] += correct_clean.sum()
+        self.sums["robust"] += robust.sum()
+        self.sums["stable"] += stable.sum()
+        self.count += len(correct_clean)
+
+    def report(self, configs):
+        mean = {key: float(value / self.count) for key, value in self.sums.items()}
+        per_attack = {n: {"robust_accuracy": mean[f"{n}/c"], "stability": mean[f"{n}/u"]} for n in self.names}
+        return RobustnessReport(self.count, mean["clean"], mean["robust"], mean["stable"], per_attack, configs)
+
+
+def _batch_function(model, attack, training, x, y):
+    """A concrete function ``(x, y) -> (clean logits, adversarial logits)``, one trace for every batch size."""
+
+    def outputs(x_batch, y_batch):
+        clean_logits = model(x_batch, training=training)
+        x_adv = attack_outputs(attack, model, x_batch, y_batch, clean_logits, training)
+        return clean_logits, model(x_adv, training=training)
+
+    return tf.function(outputs).get_concrete_function(
+        tf.TensorSpec((None,) + tuple(x.shape[1:]), x.dtype), tf.TensorSpec((None,) + tuple(y.shape[1:]), y.dtype)
+    )
+
+
+def _first(x_batch, y_batch, limit):
+    return (x_batch, y_batch) if limit is None else (x_batch[:limit], y_batch[:limit])
+
+
+def evaluate(model, x, y=None, attacks=None, *, batch_size=128, training=False, max_examples=None) -> RobustnessReport:
+    """The one robustness evaluation: clean accuracy, and robust accuracy and stability per attack and worst case.
+
+    A point is robust only if every attack leaves it correctly classified, and
+    stable only if no attack changes its prediction
+    (docs/theory.md#perturbation-stability). Each attack runs with the model in
+    the same mode as the evaluation forward passes, inside one compiled
+    function per attack traced once for every batch size.
+
+    Args:
+        model: a callable returning logits for images in [0, 1].
+        x: images (array) or a ``tf.data.Dataset`` of batched ``(x, y)``.
+        y: labels for array inputs (class ids or distribution rows).
+        attacks: ``None`` (PGD-20: l_inf, eps 0.031, step 0.007, uniform
+            start), one attack, a list, or a dict ``{name: attack}``.
+        batch_size: batch size for array inputs.
+        training: mode of the evaluation forward passes.
+        max_examples: evaluate only the first ``max_examples`` points.
+
+    Returns:
+        A :class:`RobustnessReport`.
+
+    Raises:
+        ValueError: for images that are not floats in [0, 1], labels that are
+            not class ids / distribution rows of the model's classes, an
+            empty data set (zero points have no accuracy), or non-finite
+            clean or adversarial logits (a model with NaN weights has no
+            prediction, so no accuracy).
+
+    Example:
+        >>> import numpy as np, keras, tfnorms
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+        >>> x, y = np.random.rand(8, 4).astype("float32"), np.arange(8) % 3
+        >>> report = evaluate(model, x, y, {"pgd": tfnorms.attacks.PGD(0.1, 0.05, 2),
+        ...                                 "cw": tfnorms.attacks.CW(0.1, 0.05, 2)})
+        >>> report.robust_accuracy <= min(s["robust_accuracy"] for s in report.per_attack.values())
+        True
+    """
+    named = _named_attacks(attacks)
+    max_examples = _args.positive_int(max_examples, "max_examples", allow_none=True)
+    tally, functions = _Tally(named), {}
+    for x_batch, y_batch in _batches(x, y, batch_size):
+        if max_examples is not None and tally.count >= max_examples:
+            break
+        x_batch, y_batch = _first(x_batch, y_batch, None if max_examples is None else max_examples - tally.count)
+        x_batch, y_batch = _inputs.check_batch(model, x_batch, y_batch, run_model=False)
+        x_batch = tf.cast(x_batch, tf.float32)
+        adversarial = {}
+        for name, attack in named.items():
+            if name not in functions:
+                functions[name] = _batch_function(model, attack, training, x_batch, y_batch)
+            clean, adversarial[name] = functions[name](x_batch, y_batch)
+            _inputs.check_finite_logits(clean, inputs="x")
+            _inputs.check_labels(y_batch, clean.shape[-1])  # a plain callable's class count is known only now
+            _inputs.check_finite_logits(adversarial[name], inputs=f"the outputs of attack {name!r}")
+        tally.add(y_batch, clean, adversarial)
+    if tally.count == 0:
+        raise _args.invalid("x", "at least one point (zero points have no accuracy)", "an empty data set")
+    return tally.report({name: attack.get_config() for name, attack in named.items()})
+
+
 def evaluate_robustness(model, x, y=None, attack=None, batch_size=128, training=False) -> Dict[str, float]:
-    """Clean accuracy, robust accuracy and perturbation stability under ``attack`` on a whole data set.
+    """:func:`evaluate` with one attack, as ``{"clean_accuracy", "robust_accuracy", "stability"}``.
 
     Args:
         model: a callable returning logits for inputs in [0, 1].
@@ -137,53 +335,10 @@ def evaluate_robustness(model, x, y=None, attack=None, batch_size=128, training=
         ``{"clean_accuracy", "robust_accuracy", "stability"}`` as Python floats.
 
     Raises:
-        ValueError: (eagerly, per batch, before the attack runs) for images
-            that are not floats in [0, 1], labels that are not class ids /
-            distribution rows of the model's classes, an empty batch or an
-            empty data set (zero points have no accuracy); and, after a batch,
-            for non-finite clean or adversarial logits (NaN / Inf: a model
-            with NaN weights has no prediction, so no accuracy).
+        ValueError: as :func:`evaluate`.
     """
-    if attack is None:
-        attack = PGD(0.031, 0.007, 20)
-    clean_accuracy = RobustAccuracy(name="clean_accuracy")
-    adversarial_accuracy = RobustAccuracy()
-    stability = PerturbationStability()
-
-    def batch_outputs(x_batch, y_batch):
-        clean_logits = model(x_batch, training=training)
-        if getattr(attack, "requires_clean_logits", False) and getattr(attack, "training", False) == training:
-            x_adv = attack(model, x_batch, y_batch, clean_logits=clean_logits)
-        else:
-            x_adv = attack(model, x_batch, y_batch)
-        return clean_logits, model(x_adv, training=training)
-
-    # One trace per call, for any batch size (the last batch is usually smaller): a
-    # concrete function with an unknown batch dimension.
-    compiled = None
-    for x_batch, y_batch in _batches(x, y, batch_size):
-        x_batch, y_batch = _inputs.check_batch(model, x_batch, y_batch, run_model=False)
-        x_batch = tf.cast(x_batch, tf.float32)
-        if compiled is None:
-            compiled = tf.function(batch_outputs).get_concrete_function(
-                tf.TensorSpec((None,) + tuple(x_batch.shape[1:]), x_batch.dtype),
-                tf.TensorSpec((None,) + tuple(y_batch.shape[1:]), y_batch.dtype),
-            )
-        clean_logits, adversarial_logits = compiled(x_batch, y_batch)
-        _inputs.check_finite_logits(clean_logits, inputs="x")
-        _inputs.check_labels(y_batch, clean_logits.shape[-1])  # a plain callable's class count is known only now
-        _inputs.check_finite_logits(adversarial_logits, inputs="the attack's outputs")
-        clean_accuracy.update_state(y_batch, clean_logits)
-        adversarial_accuracy.update_state(y_batch, adversarial_logits)
-        stability.update_state(clean_logits, adversarial_logits)
-    if compiled is None:
-        raise ValueError("Invalid value for argument `x`. Expected at least one point (zero points have no "
-                         "accuracy). Received: an empty data set")
-    return {
-        "clean_accuracy": float(clean_accuracy.result()),
-        "robust_accuracy": float(adversarial_accuracy.result()),
-        "stability": float(stability.result()),
-    }
+    attacks = None if attack is None else {"attack": attack}
+    return evaluate(model, x, y, attacks, batch_size=batch_size, training=training).summary()
 
 
 def robust_accuracy(model, x, y=None, attack=None, batch_size=128) -> float:
@@ -192,7 +347,7 @@ def robust_accuracy(model, x, y=None, attack=None, batch_size=128) -> float:
 
 
 def perturbation_stability(model, x, y=None, attack=None, batch_size=128) -> float:
-    """Fraction of points whose prediction ``attack`` does not change (methods.md §2.2)."""
+    """Fraction of points whose prediction ``attack`` does not change (docs/theory.md#perturbation-stability)."""
     return evaluate_robustness(model, x, y, attack=attack, batch_size=batch_size)["stability"]
 
 
@@ -202,7 +357,7 @@ _REDUCTIONS = ("mean", "sum", "none")
 def local_lipschitz(
     model, x, eps=0.031, step_size=0.007, steps=10, ord=np.inf, reduction="mean", training=False, seed=None
 ):
-    """Local-Lipschitz estimate of Wu et al. (methods.md §2.3) on one batch.
+    """Local-Lipschitz estimate of Wu et al. (docs/theory.md#local-lipschitz) on one batch.
 
     Runs the TRADES attack (KL to the clean softmax, ``0.001 * N`` start) and
     returns, per example, ``max_t ||grad_x KL(softmax f(x) || softmax f(x_t))||_*``

@@ -6,7 +6,7 @@ A training method is a loss over ``(clean logits, adversarial logits, labels)``
 :mod:`tfnorms.attacks` attack. :class:`AdversarialTrainer` wraps a Keras
 classifier and trains it with ``compile`` / ``fit`` as usual.
 
-Per step (methods.md §4.1): the attack runs with the model in inference mode
+Per step (docs/theory.md#adversarial-training-step): the attack runs with the model in inference mode
 (no gradient, batch norm frozen); then, inside the gradient tape, the clean and
 the adversarial batches go through the network in training mode as two
 **separate** forward passes (batch-norm statistics per pass, never
@@ -39,7 +39,7 @@ from tfnorms import attacks as attacks_lib
 from tfnorms import metrics as metrics_lib
 from tfnorms.attacks.losses import one_hot_labels
 
-# Attack settings of the TRADES / MART / Wu et al. / Liang & Huang reference code (methods.md §3.1, §4).
+# Attack settings of the TRADES / MART / Wu et al. / Liang & Huang reference code (docs/theory.md#pgd-attacks).
 TRAINING_EPS = 0.031
 TRAINING_STEP_SIZE = 0.007
 TRAINING_STEPS = 10
@@ -84,7 +84,7 @@ def _setup(clean_logits, adversarial_logits, labels):
 
 
 def pgd_loss(clean_logits, adversarial_logits, labels, beta=None) -> LossTerms:
-    """Madry PGD-AT: ``CE(f(x_adv), y)`` (methods.md §3.2); ``beta`` is not used."""
+    """Madry PGD-AT: ``CE(f(x_adv), y)`` (docs/theory.md#pgd-at); ``beta`` is not used."""
     del beta
     clean_logits, adversarial_logits, one_hot = _setup(clean_logits, adversarial_logits, labels)
     ce_adv = _cross_entropy(tf.nn.log_softmax(adversarial_logits), one_hot)
@@ -93,7 +93,7 @@ def pgd_loss(clean_logits, adversarial_logits, labels, beta=None) -> LossTerms:
 
 
 def pgd_lambda_loss(clean_logits, adversarial_logits, labels, beta) -> LossTerms:
-    """Wu et al.'s lambda form: ``CE_nat + beta * (max(CE_adv, CE_nat) - CE_nat)`` (methods.md §2.1)."""
+    """Wu et al.'s lambda form: ``CE_nat + beta * (max(CE_adv, CE_nat) - CE_nat)`` (docs/theory.md#pgd-lambda)."""
     clean_logits, adversarial_logits, one_hot = _setup(clean_logits, adversarial_logits, labels)
     ce_nat = _cross_entropy(tf.nn.log_softmax(clean_logits), one_hot)
     ce_adv = _cross_entropy(tf.nn.log_softmax(adversarial_logits), one_hot)
@@ -102,7 +102,7 @@ def pgd_lambda_loss(clean_logits, adversarial_logits, labels, beta) -> LossTerms
 
 
 def trades_loss(clean_logits, adversarial_logits, labels, beta) -> LossTerms:
-    """TRADES: ``CE(f(x), y) + beta * KL(softmax f(x) || softmax f(x_adv))`` (methods.md §4.2).
+    """TRADES: ``CE(f(x), y) + beta * KL(softmax f(x) || softmax f(x_adv))`` (docs/theory.md#trades).
 
     The batch mean of the per-example KL is PyTorch's ``batchmean``; the
     gradient flows through both arguments of the KL (the target is not
@@ -116,7 +116,7 @@ def trades_loss(clean_logits, adversarial_logits, labels, beta) -> LossTerms:
 
 
 def mart_loss(clean_logits, adversarial_logits, labels, beta) -> LossTerms:
-    """MART: ``BCE + beta * KL(p_nat || p_adv) * (1 - p_nat[y])`` (methods.md §4.3, constants of ``mart.py``).
+    """MART: ``BCE + beta * KL(p_nat || p_adv) * (1 - p_nat[y])`` (docs/theory.md#mart, constants of ``mart.py``).
 
     ``BCE = CE(f(x_adv), y) - log(1.0001 - p_adv[y_hat] + 1e-12)`` with
     ``y_hat = argmax_{k != y} p_adv[k]``; the KL uses ``log(p_adv + 1e-12)``
@@ -136,7 +136,7 @@ def mart_loss(clean_logits, adversarial_logits, labels, beta) -> LossTerms:
 
 
 def alp_loss(clean_logits, adversarial_logits, labels, beta) -> LossTerms:
-    """ALP: ``0.5 CE(f(x), y) + 0.5 CE(f(x_adv), y) + beta * MSE(f(x), f(x_adv))`` (methods.md §4.4).
+    """ALP: ``0.5 CE(f(x), y) + 0.5 CE(f(x_adv), y) + beta * MSE(f(x), f(x_adv))`` (docs/theory.md#alp).
 
     The MSE is the mean over the logits, so its batch mean is the mean over
     all ``batch x classes`` entries (``F.mse_loss``).
@@ -198,13 +198,6 @@ def _validate_attack(name, attack):
     return attack
 
 
-def _call_attack(attack, model, x, y, clean_logits):
-    """Calls ``attack``, handing over clean logits when the attack needs them and they are in its mode."""
-    if getattr(attack, "requires_clean_logits", False) and not getattr(attack, "training", False):
-        return attack(model, x, y, clean_logits=clean_logits)
-    return attack(model, x, y)
-
-
 def _weighted_batch_mean(values, sample_weight):
     """Keras' ``sum_over_batch_size``: ``sum(w * v) / batch``."""
     if sample_weight is not None:
@@ -220,7 +213,7 @@ def _num_replicas():
 class AdversarialTrainer(keras.Model):
     """Wraps a logits classifier and trains it adversarially with ``fit``.
 
-    Methods (per-example loss, averaged over the batch; methods.md §2.1, §3.2, §4):
+    Methods (per-example loss, averaged over the batch; docs/theory.md#adversarial-losses):
 
     | `method` | loss | `robust_loss` (the term `beta` weighs) |
     |---|---|---|
@@ -241,7 +234,7 @@ class AdversarialTrainer(keras.Model):
     Evaluation metrics (``evaluate`` / validation): ``loss``, ``natural_loss``
     and ``robust_loss`` at the ``eval_attack`` point, ``clean_accuracy``,
     ``robust_accuracy`` and ``stability`` (fraction of points whose prediction
-    the attack does not change, methods.md §2.2), all in inference mode.
+    the attack does not change, docs/theory.md#perturbation-stability), all in inference mode.
 
     Regularization: ``model.losses`` is read once per step after the last
     training-mode pass, so weight regularizers count once; activity
@@ -312,8 +305,8 @@ class AdversarialTrainer(keras.Model):
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.natural_loss_tracker = keras.metrics.Mean(name="natural_loss")
         self.robust_loss_tracker = keras.metrics.Mean(name="robust_loss")
-        self.clean_accuracy_tracker = metrics_lib.RobustAccuracy(name="clean_accuracy")
-        self.adversarial_accuracy_tracker = metrics_lib.RobustAccuracy(name="adversarial_accuracy")
+        self.clean_accuracy_tracker = metrics_lib.LogitAccuracy(name="clean_accuracy")
+        self.adversarial_accuracy_tracker = metrics_lib.LogitAccuracy(name="adversarial_accuracy")
         self.robust_accuracy_tracker = metrics_lib.RobustAccuracy(name="robust_accuracy")
         self.stability_tracker = metrics_lib.PerturbationStability(name="stability")
         if getattr(model, "built", False):
@@ -429,7 +422,7 @@ class AdversarialTrainer(keras.Model):
         clean_logits = None
         if madry:
             clean_logits = tf.stop_gradient(self.model(x, training=False))
-        x_adv = _call_attack(self.attack, self.model, x, y, clean_logits)
+        x_adv = metrics_lib.attack_outputs(self.attack, self.model, x, y, clean_logits, training=False)
 
         with tf.GradientTape() as tape:
             if not madry:
@@ -460,7 +453,7 @@ class AdversarialTrainer(keras.Model):
         # Non-finite logits have no prediction: an error here; under XLA (assertions dropped) the
         # accuracy / stability metrics are NaN instead of counting them (tfnorms.metrics.correct).
         clean_logits = _inputs.check_finite_logits(self.model(x, training=False))
-        x_adv = _call_attack(self.eval_attack, self.model, x, y, clean_logits)
+        x_adv = metrics_lib.attack_outputs(self.eval_attack, self.model, x, y, clean_logits, training=False)
         adversarial_logits = _inputs.check_finite_logits(self.model(x_adv, training=False), inputs="the eval attack's outputs")
         terms = self._loss_terms(clean_logits, adversarial_logits, y, self._beta())
         loss = _weighted_batch_mean(terms.total, sample_weight) + self._regularization_loss()
