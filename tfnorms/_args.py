@@ -37,9 +37,14 @@ ORD_SPELLINGS = {
 }
 
 
+def message(name, expected, received: str) -> str:
+    """``"Invalid value for argument `name`. Expected ... Received: ..."`` with ``received`` as written."""
+    return f"Invalid value for argument `{name}`. Expected {expected}. Received: {received}"
+
+
 def invalid(name, expected, value) -> ValueError:
-    """The error every check raises."""
-    return ValueError(f"Invalid value for argument `{name}`. Expected {expected}. Received: {name}={value!r}")
+    """The error every check raises (``Received: name=repr(value)``)."""
+    return ValueError(message(name, expected, f"{name}={value!r}"))
 
 
 def is_number(value) -> bool:

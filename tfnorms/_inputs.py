@@ -59,13 +59,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfnorms import _args
+
 # |sum of a label row - 1| allowed: float32 rounding of soft labels (label smoothing), and 16-bit types.
 _ROW_SUM_TOLERANCE = {tf.float16: 1e-2, tf.bfloat16: 1e-2}
 _DEFAULT_ROW_SUM_TOLERANCE = 1e-3
 
 
-def _invalid(name, expected, received):
-    return f"Invalid value for argument `{name}`. Expected {expected}. Received: {received}"
+_invalid = _args.message
 
 
 def is_concrete(value) -> bool:
