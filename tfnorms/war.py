@@ -33,7 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfnorms import _args
+from tfnorms import _args, _keras
 
 __all__ = ["WidthAdjustedRegularization", "reference_ratio", "war_lambda"]
 
@@ -309,6 +309,7 @@ class WidthAdjustedRegularization(keras.callbacks.Callback):
     # -- callback hooks
 
     def on_train_begin(self, logs=None):
+        _keras.bind(self.model)  # as every tfnorms callback: the norm control of the model is exact
         self._trackers()
         self._mark = None
         self._since_update = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
