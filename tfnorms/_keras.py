@@ -326,6 +326,16 @@ def _bind_weight(layer, variable, kind, changed, unsaved):
     return new
 
 
+def bind_before_training(model):
+    """:func:`bind` from a callback's ``on_train_begin``: skips what is not a built Keras model.
+
+    An unbuilt model is bound later, when :class:`tfnorms.AdversarialTrainer`
+    traces its step (a plain ``fit`` builds the model before the callbacks run).
+    """
+    if isinstance(model, keras.Model) and model.built:
+        bind(model)
+
+
 def bind(model, *, reset_functions=True):
     """Binds every tfnorms regularizer and constraint of a built model to its layer.
 

@@ -139,7 +139,7 @@ class SingularValueClipping(keras.callbacks.Callback):
         return list(self._targets_paths)
 
     def on_train_begin(self, logs=None):
-        _keras.bind(self.model)
+        _keras.bind_before_training(self.model)
         self._build()
         self._gate.reset(int(self.model.optimizer.iterations.numpy()))
 
@@ -338,7 +338,7 @@ class LayerNormLogger(keras.callbacks.Callback):
     # -- callback hooks
 
     def on_train_begin(self, logs=None):
-        _keras.bind(self.model)
+        _keras.bind_before_training(self.model)
         self._build()
         if self.update_freq != "epoch":
             self._gate = _StepGate(self.update_freq)

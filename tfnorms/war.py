@@ -309,7 +309,7 @@ class WidthAdjustedRegularization(keras.callbacks.Callback):
     # -- callback hooks
 
     def on_train_begin(self, logs=None):
-        _keras.bind(self.model)  # as every tfnorms callback: the norm control of the model is exact
+        _keras.bind_before_training(self.model)  # as every tfnorms callback: the norm control of the model is exact
         self._trackers()
         self._mark = None
         self._since_update = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
