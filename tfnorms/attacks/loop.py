@@ -82,7 +82,9 @@ def run(
     Args:
         model: a callable ``model(x, training=...)`` returning logits.
         x: ``[batch, ...]`` clean inputs in [0, 1].
-        labels: class ids or one-hot rows (passed to ``loss_fn``).
+        labels: class ids (``[batch]`` / ``[batch, 1]``) or distribution rows
+            (one-hot / soft, ``[batch, classes]``); checked, and passed to
+            ``loss_fn`` normalised: int32 ids ``[batch]`` or float32 rows.
         loss_fn: ``loss_fn(logits, labels, clean_logits) -> [batch]`` to maximise.
         step_fn: ``step_fn(x_adv, gradient) -> x_adv`` (unprojected).
         project_fn: ``project_fn(x_adv, x) -> x_adv`` back into the threat model.

@@ -39,7 +39,12 @@ def one_hot_labels(labels, num_classes: int) -> tf.Tensor:
     """
     labels = tf.convert_to_tensor(labels)
     rank = labels.shape.rank
-    if rank is not None and rank >= 2 and num_classes > 1 and labels.shape[-1] == num_classes:
+    if rank is None:  # e.g. a trace relaxed to an unknown rank: ids and rows cannot be told apart
+        raise ValueError(
+            "Invalid value for argument `labels`. Expected a static rank (class ids [batch] or rows "
+            "[batch, classes]; tfnorms._inputs.check_labels normalises them). Received: labels of unknown rank"
+        )
+    if rank >= 2 and num_classes > 1 and labels.shape[-1] == num_classes:
         return tf.cast(labels, tf.float32)
     class_ids = tf.cast(tf.reshape(labels, [-1]), tf.int32)
     return tf.one_hot(class_ids, num_classes, dtype=tf.float32)
