@@ -181,3 +181,28 @@ def test_invalid_weight_decay_raises_naming_the_argument(weight_decay):
     with pytest.raises(ValueError, match="`weight_decay`"):
         add_coupled_weight_decay(model, weight_decay)
     assert not model.losses
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        (dict(base_lr=float("nan")), "base_lr"),
+        (dict(base_lr="0.1"), "base_lr"),
+        (dict(steps_per_epoch=True), "steps_per_epoch"),
+        (dict(factor=0.0), "factor"),
+        (dict(factor=1.5), "factor"),
+        (dict(factor=float("nan")), "factor"),
+        (dict(milestones=(74.9, 90)), "milestones"),
+        (dict(milestones=(90, 75)), "milestones"),
+    ],
+)
+def test_schedule_arguments_are_checked_with_the_one_vocabulary(kwargs, argument):
+    arguments = dict(base_lr=0.1, steps_per_epoch=10, milestones=(75, 90), factor=0.1)
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=f"Invalid value for argument `{argument}`"):
+        piecewise_learning_rate(**arguments)
+
+
+def test_schedule_accepts_numpy_ints():
+    schedule = piecewise_learning_rate(0.1, np.int64(10), milestones=(np.int64(3),))
+    assert float(schedule(19)) == pytest.approx(0.1) and float(schedule(20)) == pytest.approx(0.01)

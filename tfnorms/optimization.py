@@ -38,18 +38,16 @@ def piecewise_learning_rate(
         >>> tuple(round(float(schedule(step)), 4) for step in (0, 19, 20, 39, 40))
         (0.1, 0.1, 0.01, 0.01, 0.001)
     """
-    if base_lr <= 0:
-        raise ValueError(f"Invalid value for argument `base_lr`. Expected > 0. Received: base_lr={base_lr!r}")
-    if not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
-        raise ValueError(
-            f"Invalid value for argument `steps_per_epoch`. Expected a positive int. Received: {steps_per_epoch!r}"
-        )
-    milestones = [int(m) for m in milestones]
-    if any(m < 2 for m in milestones) or milestones != sorted(set(milestones)):
-        raise ValueError(
-            "Invalid value for argument `milestones`. Expected increasing 1-based epochs >= 2. "
-            f"Received: milestones={milestones!r}"
-        )
+    base_lr = _args.positive(base_lr, "base_lr")
+    steps_per_epoch = _args.positive_int(steps_per_epoch, "steps_per_epoch")
+    factor = _args.number(factor, "factor", low=0, high=1, low_open=True)
+    expected = "increasing 1-based epochs (ints) >= 2"
+    try:
+        milestones = [_args.positive_int(m, "milestones", minimum=2) for m in milestones]
+    except (TypeError, ValueError):
+        raise _args.invalid("milestones", expected, milestones) from None
+    if milestones != sorted(set(milestones)):
+        raise _args.invalid("milestones", expected, milestones)
     if not milestones:
         return float(base_lr)
     # PiecewiseConstantDecay keeps values[k] while step <= boundaries[k]; step counts
