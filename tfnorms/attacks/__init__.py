@@ -1,6 +1,15 @@
 """Adversarial attacks composed from a loss, a step, a projection and a random start.
 
-Public attacks (callables ``attack(model, x, y) -> x_adv``):
+Every attack is an :class:`Attack` (:mod:`tfnorms.attacks.base`):
+``attack(model, x, y, *, clean_logits=None) -> x_adv``, ``run`` (a result
+with ``adversarial`` and more), ``requires_clean_logits`` / ``training`` /
+``accepts_clean_logits(training)`` (whether a caller's clean logits may be
+handed over), ``get_config`` / ``from_config``, ``name``. The threat model's
+radius (and PGD's ``step_size`` and ``steps``) may be positional, every other
+constructor argument is keyword-only. :class:`RestartAttack` is the shared
+loop over target classes and restarts of APGD, FAB and Square.
+
+Public attacks:
 
 * :class:`PGD` -- projected gradient ascent, l_inf or l2, any loss;
 * :class:`FGSM` -- one step of size ``eps``;
@@ -26,19 +35,21 @@ Example:
     >>> from tfnorms import attacks
     >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     >>> x = np.random.rand(2, 4).astype("float32")
-    >>> x_adv = attacks.PGD(eps=0.1, step_size=0.05, steps=3, ord=2)(model, x, np.array([0, 2]))
+    >>> x_adv = attacks.PGD(0.1, 0.05, 3, ord=2)(model, x, np.array([0, 2]))
     >>> bool(np.all(np.linalg.norm(x_adv - x, axis=1) <= 0.1 + 1e-5))
     True
 """
 
 from tfnorms.attacks import loop, losses, projections, starts, steps
 from tfnorms.attacks.loop import AttackResult
+from tfnorms.attacks.base import Attack, RestartAttack
 from tfnorms.attacks.pgd import CW, FGSM, PGD
 from tfnorms.attacks.apgd import APGD, APGDResult, checkpoint_schedule
 from tfnorms.attacks.fab import FAB, FABResult
 from tfnorms.attacks.square import Square, SquareResult, square_fraction
 from tfnorms.attacks.autoattack import AutoAttack, AutoAttackResult, AutoAttackWarning
 
-__all__ = ["AttackResult", "CW", "FGSM", "PGD", "loop", "losses", "projections", "starts", "steps"]
+__all__ = ["Attack", "RestartAttack", "AttackResult", "CW", "FGSM", "PGD"]
+__all__ += ["loop", "losses", "projections", "starts", "steps"]
 __all__ += ["APGD", "APGDResult", "AutoAttack", "AutoAttackResult", "AutoAttackWarning", "FAB", "FABResult"]
 __all__ += ["Square", "SquareResult", "checkpoint_schedule", "square_fraction"]

@@ -1,9 +1,18 @@
-"""Shared plumbing of the AutoAttack components (APGD, FAB, Square): labels, seeds, validation.
+"""Shared plumbing of the attacks: argument validation, labels, seeds, per-example rows.
 
-Each of these attacks is a compiled single run (``tf.function``, fixed trip
-count, per-example state in tensors) driven by a short Python loop over
-restarts / target classes that re-runs only the points still robust, as the
-reference does (docs/theory.md#apgd).
+The restart loop itself (restarts / target classes re-running only the points
+still robust, as the reference does, docs/theory.md#apgd) is
+:class:`tfnorms.attacks.RestartAttack` in :mod:`tfnorms.attacks.base`; these
+are the helpers it and the attacks share.
+
+Example:
+    >>> from tfnorms.attacks import _common
+    >>> _common.positive_float("eps", 0.03)
+    0.03
+    >>> _common.positive_int("steps", 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: Invalid value for argument `steps`. Expected an int >= 1. Received: steps=0
 """
 
 from __future__ import annotations
@@ -59,7 +68,31 @@ def broadcast(values: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
     return values
 
 
+def positive_float(name, value, allow_zero=False):
+    """``value`` as a float, checked finite and > 0 (>= 0 with ``allow_zero``)."""
+    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not is_number or not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        expected = "a finite float >= 0" if allow_zero else "a finite float > 0"
+        raise ValueError(f"Invalid value for argument `{name}`. Expected {expected}. Received: {name}={value!r}")
+    return float(value)
+
+
+def boolean(name, value):
+    """``value`` as a bool, checked to be ``True`` or ``False``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"Invalid value for argument `{name}`. Expected True or False. Received: {name}={value!r}")
+    return bool(value)
+
+
+def optional_seed(value):
+    """``None`` or ``value`` as an int (the ``seed`` argument of every attack)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+        raise ValueError(f"Invalid value for argument `seed`. Expected None or an int. Received: seed={value!r}")
+    return None if value is None else int(value)
+
+
 def positive_int(name, value, minimum=1):
+    """``value`` as an int, checked >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(
             f"Invalid value for argument `{name}`. Expected an int >= {minimum}. Received: {name}={value!r}"
@@ -68,6 +101,7 @@ def positive_int(name, value, minimum=1):
 
 
 def float_in(name, value, low, high, low_open=True, high_open=False):
+    """``value`` as a float, checked to lie in the interval from ``low`` to ``high`` (open or closed ends)."""
     is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
     ok = is_number and np.isfinite(value)
     if ok:
@@ -105,18 +139,11 @@ def keep_shapes(new, old):
     return tf.nest.map_structure(lambda n, o: tf.ensure_shape(n, o.shape), new, old)
 
 
-class ResultAttack:
-    """Shared protocol of the attacks whose ``run`` returns a result with ``.adversarial``.
+def gather_rows(state, indices):
+    """The rows ``indices`` of every ``[batch, ...]`` tensor of the dict ``state``."""
+    return {key: tf.gather(value, indices) for key, value in state.items()}
 
-    Subclasses define ``run(model, x, y)`` and a JSON-safe ``get_config()``.
-    """
 
-    def __call__(self, model, x, y):
-        return self.run(model, x, y).adversarial
-
-    def __repr__(self):
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
+def scatter_rows(state, indices, updates):
+    """``state`` with the rows ``indices`` of each tensor named in ``updates`` replaced by its update."""
+    return {**state, **{key: scatter(state[key], indices, value) for key, value in updates.items()}}

@@ -20,16 +20,15 @@ Example:
 
 from __future__ import annotations
 
-from typing import List, NamedTuple
+from typing import List, NamedTuple, Optional
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tfnorms.attacks import _common, loop, projections
+from tfnorms.attacks import _common, base, loop, projections
 from tfnorms.attacks import losses as losses_lib
 from tfnorms.attacks import steps as steps_lib
-from tfnorms.attacks.pgd import _bool, _positive_float, _seed
 
 _LOSSES = ("ce", "dlr")
 
@@ -95,7 +94,7 @@ class APGDResult(NamedTuple):
 
 
 @keras.saving.register_keras_serializable(package="tfnorms")
-class APGD(_common.ResultAttack):
+class APGD(base.RestartAttack):
     """Auto-PGD: PGD with momentum and a step size halved at checkpoints when progress stalls.
 
     One run (docs/theory.md#apgd): start at ``x0 = clip(x + eps * t / ||t||, 0, 1)``
@@ -108,6 +107,8 @@ class APGD(_common.ResultAttack):
     iterations, or when the step size was not halved at the previous check and
     the best loss has not improved since. Restarts and target classes run
     only on the points still robust.
+
+    ``eps`` and ``loss`` may be positional, the rest are keyword-only.
 
     Args:
         eps: radius of the threat model.
@@ -127,18 +128,20 @@ class APGD(_common.ResultAttack):
         seed: ``None`` (fresh randomness per call) or an int (reproducible).
 
     Calling ``attack(model, x, y)`` returns the adversarial inputs; ``run``
-    also returns the per-example success and best loss.
+    also returns the per-example success and best loss (the restart loop of
+    :class:`~tfnorms.attacks.RestartAttack`).
 
     Example:
-        >>> apgd_t = APGD(eps=8 / 255, loss="dlr", targeted=True)
-        >>> apgd_t.get_config()["n_target_classes"]
-        9
+        >>> apgd_t = APGD(8 / 255, "dlr", targeted=True)
+        >>> apgd_t.name, apgd_t.get_config()["n_target_classes"], apgd_t.unmet_requirement(3)
+        ('apgd-t', 9, 'the targeted DLR loss needs at least 4 classes')
     """
 
     def __init__(
         self,
         eps,
         loss="ce",
+        *,
         targeted=False,
         n_iter=100,
         n_restarts=1,
@@ -148,19 +151,16 @@ class APGD(_common.ResultAttack):
         eot_iter=1,
         seed=None,
     ):
-        self.eps = _positive_float("eps", eps)
+        super().__init__(eps, n_restarts=n_restarts, seed=seed)
         if loss not in _LOSSES:
             raise ValueError(f"Invalid value for argument `loss`. Expected one of 'ce', 'dlr'. Received: loss={loss!r}")
         self.loss = loss
-        self.targeted = _bool("targeted", targeted)
+        self.targeted = _common.boolean("targeted", targeted)
         self.n_iter = _common.positive_int("n_iter", n_iter)
-        self.n_restarts = _common.positive_int("n_restarts", n_restarts)
         self.ord = projections.validate_ord(ord)
         self.n_target_classes = _common.positive_int("n_target_classes", n_target_classes)
         self.rho = _common.float_in("rho", rho, 0.0, 1.0, low_open=False)
         self.eot_iter = _common.positive_int("eot_iter", eot_iter)
-        self.seed = _seed(seed)
-        self._compiled = None
 
     @property
     def name(self) -> str:
@@ -168,6 +168,12 @@ class APGD(_common.ResultAttack):
         if self.targeted:
             return "apgd-t" if self.loss == "dlr" else "apgd-t-ce"
         return f"apgd-{self.loss}"
+
+    def unmet_requirement(self, num_classes: int) -> Optional[str]:
+        """The DLR losses need 3 classes (untargeted) or 4 (targeted, APGD-T); cross-entropy runs on any model."""
+        if self.loss == "dlr" and num_classes < (4 if self.targeted else 3):
+            return f"the {'targeted ' if self.targeted else ''}DLR loss needs at least {4 if self.targeted else 3} classes"
+        return None
 
     def _loss(self, logits, labels, targets):
         if not self.targeted:
@@ -200,21 +206,10 @@ class APGD(_common.ResultAttack):
 
     def _single_run(self, model, x, labels, targets, seed):
         """One APGD run on every point of the batch; returns (x_best, success, loss_best, x_best_adv)."""
-        eps, ord, n_iter = self.eps, self.ord, self.n_iter
-        step = steps_lib.get(ord)
-        is_check, window = _schedule_tensors(n_iter)
-        shape = tf.shape(x)
-        batch = shape[0]
-
-        if ord == np.inf:
-            t = tf.random.stateless_uniform(shape, seed, -1.0, 1.0)
-        else:
-            t = tf.random.stateless_normal(shape, seed)
-        norm = tf.maximum(projections.per_example_norm(t, ord), 1e-12)
-        x_adv = tf.clip_by_value(x + eps * t / _common.broadcast(norm, x), 0.0, 1.0)
-
+        schedule = _schedule_tensors(self.n_iter)
+        x_adv = self._random_start(x, seed)
         logits, loss, gradient = self._loss_and_gradient(model, x_adv, labels, targets)
-        success = loop.misclassified(logits, labels)
+        batch = tf.shape(x)[0]
         state = dict(
             i=tf.constant(0),
             x_adv=x_adv,
@@ -224,120 +219,109 @@ class APGD(_common.ResultAttack):
             gradient_best=gradient,
             loss_best=loss,
             x_best_adv=x_adv,
-            success=success,
-            loss_steps=tf.zeros([n_iter, batch], tf.float32),
-            step_size=tf.fill([batch], 2.0 * eps),
+            success=loop.misclassified(logits, labels),
+            loss_steps=tf.zeros([self.n_iter, batch], tf.float32),
+            step_size=tf.fill([batch], 2.0 * self.eps),
             reduced_last_check=tf.ones([batch], tf.bool),
             loss_best_last_check=loss,
         )
-        rows = tf.range(n_iter)
 
         def body(s):
-            i = s["i"]
-            momentum = tf.where(i > 0, 0.75, 1.0)
-            x_adv, x_prev = s["x_adv"], s["x_prev"]
-            z = projections.project(step(x_adv, s["gradient"], _common.broadcast(s["step_size"], x)), x, eps, ord)
-            x_new = projections.project(
-                x_adv + momentum * (z - x_adv) + (1.0 - momentum) * (x_adv - x_prev), x, eps, ord
-            )
+            x_new = self._momentum_step(s, x)
             logits, loss, gradient = self._loss_and_gradient(model, x_new, labels, targets)
-            fooled = loop.misclassified(logits, labels)
-            x_best_adv = tf.where(_common.broadcast(fooled, x), x_new, s["x_best_adv"])
-            loss_steps = tf.where(tf.equal(rows, i)[:, None], loss[None, :], s["loss_steps"])
-            improved = loss > s["loss_best"]
-            x_best = tf.where(_common.broadcast(improved, x), x_new, s["x_best"])
-            gradient_best = tf.where(_common.broadcast(improved, x), gradient, s["gradient_best"])
-            loss_best = tf.where(improved, loss, s["loss_best"])
-
-            # Checkpoint (docs/theory.md#apgd): count loss increases over the last k iterations. The row
-            # before iteration 0 wraps around to the still-zero last row, as in the reference.
-            check, k = is_check[i], window[i]
-            increases = tf.cast(loss_steps > tf.roll(loss_steps, 1, axis=0), tf.float32)
-            in_window = tf.cast(tf.logical_and(rows > i - k, rows <= i), tf.float32)
-            n_increases = tf.reduce_sum(increases * in_window[:, None], axis=0)
-            oscillating = n_increases <= self.rho * tf.cast(k, tf.float32)
-            stalled = tf.logical_and(tf.logical_not(s["reduced_last_check"]), s["loss_best_last_check"] >= loss_best)
-            halve = tf.logical_and(check, tf.logical_or(oscillating, stalled))
-            reduced_last_check = tf.where(check, halve, s["reduced_last_check"])
-            loss_best_last_check = tf.where(check, loss_best, s["loss_best_last_check"])
-            step_size = tf.where(halve, s["step_size"] / 2.0, s["step_size"])
-            x_next = tf.where(_common.broadcast(halve, x), x_best, x_new)
-            gradient = tf.where(_common.broadcast(halve, x), gradient_best, gradient)
-            return [_common.keep_shapes(dict(
-                i=i + 1,
-                x_adv=x_next,
-                x_prev=x_adv,
-                gradient=gradient,
-                x_best=x_best,
-                gradient_best=gradient_best,
-                loss_best=loss_best,
-                x_best_adv=x_best_adv,
-                success=tf.logical_or(s["success"], fooled),
-                loss_steps=loss_steps,
-                step_size=step_size,
-                reduced_last_check=reduced_last_check,
-                loss_best_last_check=loss_best_last_check,
-            ), s)]
+            new = self._record(s, x, x_new, loss, loop.misclassified(logits, labels), gradient)
+            return [_common.keep_shapes(self._checkpoint(new, s, x, schedule), s)]
 
         (state,) = tf.while_loop(
-            lambda s: tf.constant(True), body, [state], maximum_iterations=n_iter, parallel_iterations=1
+            lambda s: tf.constant(True), body, [state], maximum_iterations=self.n_iter, parallel_iterations=1
         )
         return state["x_best"], state["success"], state["loss_best"], state["x_best_adv"]
 
-    def run(self, model, x, y, seed=None) -> APGDResult:
-        """Runs the attack (all restarts and target classes) on a batch.
-
-        Args:
-            model: a callable returning logits for inputs in [0, 1].
-            x: ``[batch, ...]`` inputs in [0, 1].
-            y: class ids (``[batch]`` / ``[batch, 1]``) or one-hot rows.
-            seed: overrides the attack's ``seed`` for this call.
-
-        Returns:
-            An :class:`APGDResult`.
-
-        Raises:
-            ValueError: for an empty batch, images that are not floats in
-                [0, 1], non-finite clean logits (a model with NaN weights) or
-                labels that are not class ids / distribution rows of the model's classes.
-        """
-        if self._compiled is None:
-            self._compiled = tf.function(self._single_run, reduce_retracing=True)
-        x, clean_logits, labels = _common.checked_inputs(model, x, y)
-        num_classes = clean_logits.shape[-1]
-        base_seed = seed if seed is not None else (self.seed if self.seed is not None else _common.fresh_seed())
-
-        success = loop.misclassified(clean_logits, labels)
-        adversarial = x
-        best_loss = tf.fill(tf.shape(labels), -np.inf)
-        if self.targeted:
-            if self.loss == "dlr" and num_classes < 4:
-                raise ValueError(f"APGD-T with the targeted DLR loss needs at least 4 classes; the model has {num_classes}.")
-            ranked = tf.argsort(clean_logits, axis=-1, direction="DESCENDING", stable=True)
-            target_ranks = range(1, min(self.n_target_classes, num_classes - 1) + 1)
+    def _random_start(self, x, seed):
+        """``clip(x + eps * t / ||t||, 0, 1)`` with ``t ~ U[-1, 1]^d`` (l_inf) or ``N(0, I)`` (l2)."""
+        shape = tf.shape(x)
+        if self.ord == np.inf:
+            t = tf.random.stateless_uniform(shape, seed, -1.0, 1.0)
         else:
-            target_ranks = [None]
-        run_index = 0
-        for rank in target_ranks:
-            for _ in range(self.n_restarts):
-                indices = _common.subset_indices(tf.logical_not(success))
-                if _common.nothing_left(indices):
-                    return APGDResult(adversarial, success, best_loss)
-                x_sub, labels_sub = tf.gather(x, indices), tf.gather(labels, indices)
-                targets = labels_sub if rank is None else tf.gather(ranked[:, rank], indices)
-                x_best, succeeded, loss_best, x_best_adv = self._compiled(
-                    model, x_sub, labels_sub, targets, _common.seed_pair(base_seed, run_index)
-                )
-                run_index += 1
-                active = tf.gather(tf.logical_not(success), indices)
-                succeeded = tf.logical_and(succeeded, active)
-                better = tf.logical_and(active, tf.logical_or(succeeded, loss_best > tf.gather(best_loss, indices)))
-                point = tf.where(_common.broadcast(succeeded, x_sub), x_best_adv, x_best)
-                point = tf.where(_common.broadcast(better, x_sub), point, tf.gather(adversarial, indices))
-                adversarial = _common.scatter(adversarial, indices, point)
-                best_loss = _common.scatter(best_loss, indices, tf.where(better, loss_best, tf.gather(best_loss, indices)))
-                success = _common.scatter(success, indices, tf.logical_or(succeeded, tf.gather(success, indices)))
-        return APGDResult(adversarial, success, best_loss)
+            t = tf.random.stateless_normal(shape, seed)
+        norm = tf.maximum(projections.per_example_norm(t, self.ord), 1e-12)
+        return tf.clip_by_value(x + self.eps * t / _common.broadcast(norm, x), 0.0, 1.0)
+
+    def _momentum_step(self, s, x):
+        """``P(x + a (z - x) + (1 - a)(x - x_prev))`` with ``z = P(x + eta * step(g))``; ``a = 1`` first, then 0.75."""
+        momentum = tf.where(s["i"] > 0, 0.75, 1.0)
+        x_adv, x_prev = s["x_adv"], s["x_prev"]
+        step = steps_lib.get(self.ord)
+        z = projections.project(step(x_adv, s["gradient"], _common.broadcast(s["step_size"], x)), x, self.eps, self.ord)
+        return projections.project(
+            x_adv + momentum * (z - x_adv) + (1.0 - momentum) * (x_adv - x_prev), x, self.eps, self.ord
+        )
+
+    def _record(self, s, x, x_new, loss, fooled, gradient):
+        """The state after evaluating the iterate ``x_new``: its loss in the history, best points, success."""
+        rows = tf.range(self.n_iter)
+        improved = loss > s["loss_best"]
+        return dict(
+            s,
+            x_prev=s["x_adv"],
+            gradient=gradient,
+            x_best_adv=tf.where(_common.broadcast(fooled, x), x_new, s["x_best_adv"]),
+            loss_steps=tf.where(tf.equal(rows, s["i"])[:, None], loss[None, :], s["loss_steps"]),
+            x_best=tf.where(_common.broadcast(improved, x), x_new, s["x_best"]),
+            gradient_best=tf.where(_common.broadcast(improved, x), gradient, s["gradient_best"]),
+            loss_best=tf.where(improved, loss, s["loss_best"]),
+            success=tf.logical_or(s["success"], fooled),
+            x_adv=x_new,
+        )
+
+    def _checkpoint(self, new, old, x, schedule):
+        """At a check: halve the step size and restart from the best point where progress stalled.
+
+        The loss increases are counted over the last ``k`` iterations. The row
+        before iteration 0 wraps around to the still-zero last row, as in the reference.
+        """
+        is_check, window = schedule
+        i, rows = old["i"], tf.range(self.n_iter)
+        check, k = is_check[i], window[i]
+        loss_steps, loss_best = new["loss_steps"], new["loss_best"]
+        increases = tf.cast(loss_steps > tf.roll(loss_steps, 1, axis=0), tf.float32)
+        in_window = tf.cast(tf.logical_and(rows > i - k, rows <= i), tf.float32)
+        n_increases = tf.reduce_sum(increases * in_window[:, None], axis=0)
+        oscillating = n_increases <= self.rho * tf.cast(k, tf.float32)
+        stalled = tf.logical_and(tf.logical_not(old["reduced_last_check"]), old["loss_best_last_check"] >= loss_best)
+        halve = tf.logical_and(check, tf.logical_or(oscillating, stalled))
+        return dict(
+            new,
+            i=i + 1,
+            x_adv=tf.where(_common.broadcast(halve, x), new["x_best"], new["x_adv"]),
+            gradient=tf.where(_common.broadcast(halve, x), new["gradient_best"], new["gradient"]),
+            step_size=tf.where(halve, old["step_size"] / 2.0, old["step_size"]),
+            reduced_last_check=tf.where(check, halve, old["reduced_last_check"]),
+            loss_best_last_check=tf.where(check, loss_best, old["loss_best_last_check"]),
+        )
+
+    def _initial_state(self, x, clean_logits, labels):
+        return dict(
+            adversarial=x, success=loop.misclassified(clean_logits, labels), loss=tf.fill(tf.shape(labels), -np.inf)
+        )
+
+    def _still_robust(self, state):
+        return tf.logical_not(state["success"])
+
+    def _updates(self, model, rows, run):
+        x_best, succeeded, loss_best, x_best_adv = self._compiled(model, run.x, run.labels, run.targets, run.seed)
+        active = tf.logical_not(rows["success"])
+        succeeded = tf.logical_and(succeeded, active)
+        better = tf.logical_and(active, tf.logical_or(succeeded, loss_best > rows["loss"]))
+        point = tf.where(_common.broadcast(succeeded, run.x), x_best_adv, x_best)
+        return dict(
+            adversarial=tf.where(_common.broadcast(better, run.x), point, rows["adversarial"]),
+            loss=tf.where(better, loss_best, rows["loss"]),
+            success=tf.logical_or(succeeded, rows["success"]),
+        )
+
+    def _result(self, state, x, clean_logits, labels) -> APGDResult:
+        return APGDResult(state["adversarial"], state["success"], state["loss"])
 
     def get_config(self):
         """JSON-safe constructor arguments (``ord`` as ``"inf"`` / ``"2"``)."""

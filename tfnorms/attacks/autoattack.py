@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 import warnings
 from typing import Dict, List, Optional
@@ -32,10 +33,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfnorms import _inputs
-from tfnorms.attacks import _common, losses, projections
+from tfnorms.attacks import _common, base, losses, projections
 from tfnorms.attacks.apgd import APGD
 from tfnorms.attacks.fab import FAB
-from tfnorms.attacks.pgd import _positive_float, _seed
 from tfnorms.attacks.square import Square
 
 VERSIONS = ("standard", "rand", "custom")
@@ -112,8 +112,72 @@ def _materialize(x, y):
     return x.astype(np.float32), y
 
 
+def _checked_attacks(version, attacks):
+    """The ``attacks`` argument, checked against ``version``: ``None``, or for ``"custom"`` a list of names / attacks."""
+    if version != "custom":
+        if attacks is not None:
+            raise ValueError(
+                "Invalid value for argument `attacks`. Expected None unless version='custom' (the standard and "
+                f"rand versions have fixed attack lists). Received: attacks={attacks!r} with version={version!r}"
+            )
+        return None
+    if not attacks or isinstance(attacks, (str, bytes)):
+        raise ValueError(
+            "Invalid value for argument `attacks`. Expected a non-empty list of attack names "
+            f"{', '.join(repr(n) for n in ATTACK_NAMES)} or attack objects for version='custom'. "
+            f"Received: attacks={attacks!r}"
+        )
+    for attack in attacks:
+        if isinstance(attack, str) and attack not in ATTACK_NAMES:
+            raise ValueError(
+                f"Invalid value for argument `attacks`. Expected names from "
+                f"{', '.join(repr(n) for n in ATTACK_NAMES)} or attack objects. Received: {attack!r}"
+            )
+        if not isinstance(attack, str) and not callable(attack):
+            raise ValueError(
+                f"Invalid value for argument `attacks`. Expected names or callables "
+                f"`attack(model, x, y) -> x_adv`. Received: {attack!r}"
+            )
+    return list(attacks)
+
+
+def _stacklevel_outside() -> int:
+    """The ``stacklevel`` (seen from the caller) of the first frame outside this module: the user's call."""
+    frame, level = sys._getframe(1), 1  # the caller (level 1) is in this module
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _candidate(attack, model, x_batch, y_batch, seed):
+    """``attack``'s adversarial points for one batch; attacks with restarts get the cascade's per-call seed."""
+    if isinstance(attack, base.RestartAttack):
+        return attack.run(model, x_batch, y_batch, seed=seed).adversarial
+    return attack(model, x_batch, y_batch)
+
+
+@dataclasses.dataclass
+class _Evaluation:
+    """The state of one :meth:`AutoAttack.evaluate` call: data, clean pass, per-point results, counts, flags."""
+
+    x: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+    seed: int
+    flags: List[str] = dataclasses.field(default_factory=list)
+    clean_correct: Optional[np.ndarray] = None
+    non_finite: int = 0
+    robust: Optional[np.ndarray] = None
+    broken_by: Optional[np.ndarray] = None
+    adversarial: Optional[np.ndarray] = None
+    robust_after: Dict[str, float] = dataclasses.field(default_factory=dict)
+    broken_count: Dict[str, int] = dataclasses.field(default_factory=dict)
+    rejected_count: Dict[str, int] = dataclasses.field(default_factory=dict)
+    seconds: Dict[str, float] = dataclasses.field(default_factory=dict)
+
+
 @keras.saving.register_keras_serializable(package="tfnorms")
-class AutoAttack:
+class AutoAttack(base.Attack):
     """AutoAttack l_inf: a cascade of attacks, per-point results, robust accuracy, sanity flags and a report.
 
     Versions (docs/theory.md#autoattack):
@@ -125,7 +189,9 @@ class AutoAttack:
     * ``"custom"``: the attacks in ``attacks``: names from
       ``"apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square"`` or attack
       objects (:class:`APGD`, :class:`FAB`, :class:`Square`, :class:`PGD`, or
-      any callable ``attack(model, x, y) -> x_adv``).
+      any callable ``attack(model, x, y) -> x_adv``). A
+      :class:`~tfnorms.attacks.RestartAttack` gets a per-call seed derived
+      from ``seed``; other attacks are called as they are.
 
     Sanity checks (as the reference's flags): outputs that look like
     probabilities (rows >= 0 summing to 1: pass logits), randomness in the
@@ -135,8 +201,12 @@ class AutoAttack:
     than targets. Each failed check emits an :class:`AutoAttackWarning` and is
     listed in the report's ``"flags"``.
 
+    AutoAttack is itself an :class:`~tfnorms.attacks.Attack`:
+    ``auto(model, x, y)`` returns the verified adversarial examples (the clean
+    input where no attack succeeded), eagerly.
+
     Args:
-        eps: l_inf radius (e.g. ``8 / 255`` or ``0.031``).
+        eps: l_inf radius (e.g. ``8 / 255`` or ``0.031``); the only positional argument.
         version: ``"standard"``, ``"rand"`` or ``"custom"``.
         attacks: the attack list of ``version="custom"`` (must be ``None`` otherwise).
         seed: an int for a reproducible evaluation. ``None`` draws a seed,
@@ -148,13 +218,16 @@ class AutoAttack:
         verbose: 1 shows a progress bar per attack, 0 is silent.
 
     Example:
-        >>> AutoAttack(eps=8 / 255).attack_names
+        >>> AutoAttack(8 / 255).attack_names
         ['apgd-ce', 'apgd-t', 'fab-t', 'square']
     """
+
+    name = "autoattack"
 
     def __init__(
         self,
         eps,
+        *,
         version="standard",
         attacks=None,
         seed=None,
@@ -163,45 +236,22 @@ class AutoAttack:
         n_queries=5000,
         verbose=1,
     ):
-        self.eps = _positive_float("eps", eps)
+        self.eps = _common.positive_float("eps", eps)
         if version not in VERSIONS:
             raise ValueError(
                 f"Invalid value for argument `version`. Expected one of 'standard', 'rand', 'custom'. "
                 f"Received: version={version!r}"
             )
         self.version = version
-        if version != "custom" and attacks is not None:
-            raise ValueError(
-                "Invalid value for argument `attacks`. Expected None unless version='custom' (the standard and "
-                f"rand versions have fixed attack lists). Received: attacks={attacks!r} with version={version!r}"
-            )
-        if version == "custom":
-            if not attacks or isinstance(attacks, (str, bytes)):
-                raise ValueError(
-                    "Invalid value for argument `attacks`. Expected a non-empty list of attack names "
-                    f"{', '.join(repr(n) for n in ATTACK_NAMES)} or attack objects for version='custom'. "
-                    f"Received: attacks={attacks!r}"
-                )
-            for attack in attacks:
-                if isinstance(attack, str) and attack not in ATTACK_NAMES:
-                    raise ValueError(
-                        f"Invalid value for argument `attacks`. Expected names from "
-                        f"{', '.join(repr(n) for n in ATTACK_NAMES)} or attack objects. Received: {attack!r}"
-                    )
-                if not isinstance(attack, str) and not callable(attack):
-                    raise ValueError(
-                        f"Invalid value for argument `attacks`. Expected names or callables "
-                        f"`attack(model, x, y) -> x_adv`. Received: {attack!r}"
-                    )
-            attacks = list(attacks)
-        self.attacks = attacks
-        self.seed = _seed(seed)
+        self.attacks = _checked_attacks(version, attacks)
+        self.seed = _common.optional_seed(seed)
         self.batch_size = _common.positive_int("batch_size", batch_size)
         self.n_iter = _common.positive_int("n_iter", n_iter)
         self.n_queries = _common.positive_int("n_queries", n_queries)
         if verbose not in (0, 1, 2, True, False):
             raise ValueError(f"Invalid value for argument `verbose`. Expected 0, 1 or 2. Received: verbose={verbose!r}")
         self.verbose = int(verbose)
+        self._attack_cache = None
         self._clean_pass = tf.function(self._clean_outputs, reduce_retracing=True)
         self._predict = tf.function(self._predictions, reduce_retracing=True)
 
@@ -220,7 +270,7 @@ class AutoAttack:
 
     def _attack_list(self):
         # Built once and reused, so their compiled runs are traced once per model and shape.
-        if getattr(self, "_attack_cache", None) is None:
+        if self._attack_cache is None:
             self._attack_cache = self._make_attack_list()
         return self._attack_cache
 
@@ -234,10 +284,15 @@ class AutoAttack:
         named, seen = [], {}
         for item in items:
             attack = self._build(item) if isinstance(item, str) else item
-            name = item if isinstance(item, str) else getattr(attack, "name", type(attack).__name__.lower())
+            name = item if isinstance(item, str) else self._name_of(attack)
             seen[name] = seen.get(name, 0) + 1
             named.append((name if seen[name] == 1 else f"{name}_{seen[name]}", attack))
         return named
+
+    @staticmethod
+    def _name_of(attack) -> str:
+        """An :class:`~tfnorms.attacks.Attack`'s ``name``; for other callables their type's name in lower case."""
+        return attack.name if isinstance(attack, base.Attack) else type(attack).__name__.lower()
 
     @property
     def attack_names(self) -> List[str]:
@@ -264,7 +319,171 @@ class AutoAttack:
         if message in flags:  # e.g. the same attack on several batches
             return
         flags.append(message)
-        warnings.warn(f"AutoAttack sanity check: {message}", AutoAttackWarning, stacklevel=3)
+        warnings.warn(f"AutoAttack sanity check: {message}", AutoAttackWarning, stacklevel=_stacklevel_outside())
+
+    def _load(self, model, x, y) -> _Evaluation:
+        """The data in memory, checked (images, labels against the model's classes), and the evaluation's seed."""
+        x, y = _materialize(x, y)
+        seed = self.seed if self.seed is not None else _common.fresh_seed()
+        num_classes = int(_common.logits(model, tf.constant(x[:1])).shape[-1])
+        labels = _common.class_ids(_inputs.check_labels(y, num_classes, batch_size=len(x))).numpy()
+        return _Evaluation(x, labels, num_classes, seed)
+
+    def _clean_pass_in_batches(self, model, ev: _Evaluation):
+        """Clean logits and the l1 norms of the input gradients of the cross-entropy, in batches."""
+        outputs, gradient_norms, bs = [], [], self.batch_size
+        for start in range(0, len(ev.x), bs):
+            out, grad = self._clean_pass(
+                model, tf.constant(ev.x[start:start + bs]), tf.constant(ev.labels[start:start + bs])
+            )
+            outputs.append(out.numpy())
+            gradient_norms.append(grad.numpy())
+        return np.concatenate(outputs), np.concatenate(gradient_norms)
+
+    def _check_model_outputs(self, model, ev: _Evaluation, clean_outputs):
+        """Flags outputs that look like probabilities, and forward passes that differ (a randomised model)."""
+        if (clean_outputs.min() >= 0.0 and clean_outputs.max() <= 1.0
+                and np.all(np.abs(clean_outputs.sum(-1) - 1.0) <= 1e-5)):
+            self._flag(ev.flags, "the model outputs look like probabilities (non-negative rows summing to 1). "
+                                 "Attacks need logits: remove the final softmax.")
+        if self.version != "rand":
+            first = ev.x[:self.batch_size]
+            repeats = [np.asarray(_common.logits(model, tf.constant(first))) for _ in range(2)]
+            repeats.append(clean_outputs[:self.batch_size])
+            normalised = [r / (np.linalg.norm(r, axis=-1, keepdims=True) + 1e-10) for r in repeats]
+            differences = max(np.abs(a - b).max() for a in normalised for b in normalised)
+            predictions_differ = any((a.argmax(-1) != repeats[0].argmax(-1)).any() for a in repeats)
+            if differences > 1e-4 or predictions_differ:
+                self._flag(ev.flags, "two forward passes on the same inputs differ: the model is randomised "
+                                     "(or runs dropout / batch statistics at inference). Use version='rand'.")
+
+    def _check_clean_points(self, ev: _Evaluation, clean_outputs, gradient_norms):
+        """Which points are correct at the clean input; flags non-finite logits and zero input gradients.
+
+        A point whose clean logits are not all finite has no prediction: never
+        correct, never broken by an attack (``broken_by`` ``"non-finite"``),
+        counted in the report and flagged.
+        """
+        finite = np.all(np.isfinite(clean_outputs), axis=-1)
+        ev.non_finite = int(np.sum(~finite))
+        if ev.non_finite:
+            self._flag(ev.flags, f"{ev.non_finite} points have non-finite clean logits (NaN or Inf): they count as "
+                                 "neither correct nor broken (broken_by 'non-finite'). Check the model's weights and "
+                                 "numerics.")
+        ev.clean_correct = np.logical_and(finite, clean_outputs.argmax(-1) == ev.labels)
+        zero_gradient = int(np.sum(np.logical_and(gradient_norms == 0.0, ev.clean_correct)))
+        if zero_gradient:
+            self._flag(ev.flags, f"{zero_gradient} correctly classified points have a zero input gradient; "
+                                 "gradient-based attacks are unreliable on them (gradient masking).")
+        ev.robust = ev.clean_correct.copy()
+        ev.broken_by = np.where(ev.clean_correct, "", np.where(finite, "clean", "non-finite")).astype(object)
+        ev.adversarial = ev.x.copy()
+
+    def _check_targets(self, ev: _Evaluation):
+        """Flags targeted attacks that ask for more target classes than the model has classes other than the label."""
+        capped = [(name, attack.n_target_classes) for name, attack in self._attack_list()
+                  if isinstance(attack, base.RestartAttack) and attack.targeted
+                  and attack.target_classes(ev.num_classes) < attack.n_target_classes]
+        if capped:
+            self._flag(ev.flags, f"the model has {ev.num_classes} classes, fewer than "
+                                 f"{max(n for _, n in capped)} + 1: the targeted attacks "
+                                 f"({', '.join(name for name, _ in capped)}) use {ev.num_classes - 1} target classes.")
+
+    def _check_square(self, ev: _Evaluation):
+        """Flags Square (black-box) breaking more than 0.2% of the points on which the white-box attacks failed."""
+        names = list(ev.robust_after)
+        if "square" not in names or len(names) < 2 or names.index("square") == 0:
+            return
+        before_square = ev.robust_after[names[names.index("square") - 1]]
+        if ev.robust_after["square"] < before_square - _SQUARE_ALPHA:
+            self._flag(ev.flags, f"Square, a black-box attack, broke {ev.broken_count['square']} points "
+                                 f"({before_square - ev.robust_after['square']:.2%}) on which the white-box attacks "
+                                 "failed: the gradients are likely masked or obfuscated.")
+
+    # ------------------------------------------------------------------ the cascade
+    def _verify(self, model, ev: _Evaluation, name, batch, candidate):
+        """Counts the points of ``batch`` that ``candidate`` breaks, after checking them.
+
+        A candidate must be finite and inside the eps-ball and [0, 1] (the
+        projection only removes float round-off), then misclassified with
+        finite logits. A NaN / Inf point or prediction is never a break.
+        """
+        xb = tf.constant(ev.x[batch])
+        candidate = np.asarray(candidate, np.float32).reshape(xb.shape)
+        finite_point = np.all(np.isfinite(candidate.reshape(len(batch), -1)), axis=1)
+        candidate = np.where(_common.broadcast(finite_point, xb).numpy(), candidate, ev.x[batch])
+        projected = projections.project(candidate, xb, self.eps, np.inf).numpy()
+        if np.abs(projected - candidate).max() > _BALL_TOLERANCE:
+            self._flag(ev.flags, f"{name} returned points outside the eps-ball or [0, 1]; they were projected "
+                                 "back before checking.")
+        prediction, finite_logits = (v.numpy() for v in self._predict(model, tf.constant(projected)))
+        valid = np.logical_and(finite_point, finite_logits)
+        fooled = np.logical_and(valid, prediction != ev.labels[batch])
+        ev.rejected_count[name] += int(np.sum(~valid))
+        broken = batch[fooled]
+        ev.robust[broken] = False
+        ev.broken_by[broken] = name
+        ev.adversarial[broken] = projected[fooled]
+        ev.broken_count[name] += int(fooled.sum())
+
+    def _run_attack(self, model, ev: _Evaluation, attack_index, name, attack):
+        """One attack of the cascade, in batches, on the points still robust."""
+        attack_start = time.time()
+        indices = np.flatnonzero(ev.robust)
+        ev.broken_count[name] = ev.rejected_count[name] = 0
+        reason = attack.unmet_requirement(ev.num_classes) if isinstance(attack, base.RestartAttack) else None
+        if reason:
+            self._flag(ev.flags, f"{name} skipped: {reason}.")
+            return
+        progress = keras.utils.Progbar(len(indices), verbose=self.verbose, unit_name="point") if self.verbose else None
+        if self.verbose:
+            print(f"{name}: {len(indices)} points left")
+        for batch_number, start in enumerate(range(0, len(indices), self.batch_size)):
+            batch = indices[start:start + self.batch_size]
+            call_seed = ev.seed + 1_000_003 * (attack_index + 1) + batch_number
+            candidate = _candidate(attack, model, tf.constant(ev.x[batch]), tf.constant(ev.labels[batch]), call_seed)
+            self._verify(model, ev, name, batch, candidate)
+            if progress is not None:
+                progress.add(len(batch), values=[("robust_accuracy", float(ev.robust.mean()))])
+        if ev.rejected_count[name]:
+            self._flag(ev.flags, f"{name} returned {ev.rejected_count[name]} points with NaN / Inf values or "
+                                 "non-finite logits; they were not counted as broken.")
+        ev.robust_after[name] = float(ev.robust.mean())
+        ev.seconds[name] = round(time.time() - attack_start, 3)
+        if self.verbose:
+            print(f"robust accuracy after {name}: {ev.robust.mean():.2%} ({ev.seconds[name]:.1f} s)")
+
+    def _report(self, model, ev: _Evaluation, model_name, dataset, start_time) -> Dict:
+        """The JSON-safe report of :meth:`evaluate`."""
+        robust_accuracy = float(ev.robust.mean())
+        return {
+            "name": model_name or getattr(model, "name", type(model).__name__),
+            "dataset": dataset,
+            "threat_model": "Linf",
+            "eps": self.eps,
+            "clean_acc": f"{100 * ev.clean_correct.mean():.2f}",
+            "autoattack_acc": f"{100 * robust_accuracy:.2f}",
+            "clean_accuracy": float(ev.clean_correct.mean()),
+            "robust_accuracy": robust_accuracy,
+            "robust_accuracy_per_attack": ev.robust_after,
+            "points_broken_per_attack": ev.broken_count,
+            "non_finite_points": ev.non_finite,
+            "non_finite_candidates_per_attack": ev.rejected_count,
+            "seconds_per_attack": ev.seconds,
+            "version": self.version,
+            "attacks": [
+                {"name": name, "config": attack.get_config() if isinstance(attack, base.Attack) else repr(attack)}
+                for name, attack in self._attack_list()
+            ],
+            "n_iter": self.n_iter,
+            "n_queries": self.n_queries,
+            "n_points": len(ev.x),
+            "seed": ev.seed,
+            "flags": ev.flags,
+            "seconds": round(time.time() - start_time, 3),
+            "library": "tfnorms",
+            "tensorflow": tf.__version__,
+        }
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, model, x, y=None, *, model_name: Optional[str] = None, dataset: Optional[str] = None):
@@ -301,176 +520,45 @@ class AutoAttack:
             ValueError: for an empty data set, images that are not floats in
                 [0, 1], or labels that are not class ids / distribution rows
                 of the model's classes (``tfnorms._inputs``).
+
+        Example:
+            >>> import numpy as np, keras
+            >>> model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(5)])
+            >>> x = np.random.rand(4, 4, 4, 1).astype("float32")
+            >>> result = AutoAttack(0.05, version="custom", attacks=["apgd-ce"], n_iter=2, seed=0,
+            ...                     verbose=0).evaluate(model, x, np.arange(4))
+            >>> result.report["n_points"], result.report["seed"]
+            (4, 0)
         """
         start_time = time.time()
-        x, y = _materialize(x, y)
-        seed = self.seed if self.seed is not None else _common.fresh_seed()
-        n = len(x)
-        bs = self.batch_size
-        flags: List[str] = []
-
-        num_classes = int(_common.logits(model, tf.constant(x[:1])).shape[-1])
-        labels = _common.class_ids(_inputs.check_labels(y, num_classes, batch_size=n)).numpy()
-        outputs, gradient_norms = [], []
-        for start in range(0, n, bs):
-            out, grad = self._clean_pass(model, tf.constant(x[start:start + bs]), tf.constant(labels[start:start + bs]))
-            outputs.append(out.numpy())
-            gradient_norms.append(grad.numpy())
-        clean_outputs = np.concatenate(outputs)
-        gradient_norms = np.concatenate(gradient_norms)
-
-        if (clean_outputs.min() >= 0.0 and clean_outputs.max() <= 1.0
-                and np.all(np.abs(clean_outputs.sum(-1) - 1.0) <= 1e-5)):
-            self._flag(flags, "the model outputs look like probabilities (non-negative rows summing to 1). "
-                              "Attacks need logits: remove the final softmax.")
-        if self.version != "rand":
-            first = x[:bs]
-            repeats = [np.asarray(_common.logits(model, tf.constant(first))) for _ in range(2)] + [clean_outputs[:bs]]
-            normalised = [r / (np.linalg.norm(r, axis=-1, keepdims=True) + 1e-10) for r in repeats]
-            differences = max(np.abs(a - b).max() for a in normalised for b in normalised)
-            predictions_differ = any((a.argmax(-1) != repeats[0].argmax(-1)).any() for a in repeats)
-            if differences > 1e-4 or predictions_differ:
-                self._flag(flags, "two forward passes on the same inputs differ: the model is randomised "
-                                  "(or runs dropout / batch statistics at inference). Use version='rand'.")
-        # A point whose clean logits are not all finite has no prediction: never correct, never broken by an
-        # attack (broken_by "non-finite"), counted in the report and flagged.
-        finite = np.all(np.isfinite(clean_outputs), axis=-1)
-        non_finite = int(np.sum(~finite))
-        if non_finite:
-            self._flag(flags, f"{non_finite} points have non-finite clean logits (NaN or Inf): they count as neither "
-                              "correct nor broken (broken_by 'non-finite'). Check the model's weights and numerics.")
-        clean_correct = np.logical_and(finite, clean_outputs.argmax(-1) == labels)
-        zero_gradient = int(np.sum(np.logical_and(gradient_norms == 0.0, clean_correct)))
-        if zero_gradient:
-            self._flag(flags, f"{zero_gradient} correctly classified points have a zero input gradient; "
-                              "gradient-based attacks are unreliable on them (gradient masking).")
-
-        attack_list = self._attack_list()
-        targeted = [name for name, attack in attack_list if getattr(attack, "n_target_classes", None)]
-        if targeted and num_classes - 1 < 9:
-            self._flag(flags, f"the model has {num_classes} classes, fewer than 9 + 1: the targeted attacks "
-                              f"({', '.join(targeted)}) use {num_classes - 1} target classes.")
-
-        robust = clean_correct.copy()
-        broken_by = np.where(clean_correct, "", np.where(finite, "clean", "non-finite")).astype(object)
-        adversarial = x.copy()
-        robust_after, broken_count, seconds, rejected_count = {}, {}, {}, {}
+        ev = self._load(model, x, y)
+        clean_outputs, gradient_norms = self._clean_pass_in_batches(model, ev)
+        self._check_model_outputs(model, ev, clean_outputs)
+        self._check_clean_points(ev, clean_outputs, gradient_norms)
+        self._check_targets(ev)
         if self.verbose:
-            print(f"AutoAttack ({self.version}, eps={self.eps:.5g}, seed={seed}) on {n} points: "
-                  f"clean accuracy {clean_correct.mean():.2%}")
-        for attack_index, (name, attack) in enumerate(attack_list):
-            attack_start = time.time()
-            indices = np.flatnonzero(robust)
-            broken_count[name] = rejected_count[name] = 0
-            if isinstance(attack, APGD) and attack.targeted and attack.loss == "dlr" and num_classes < 4:
-                self._flag(flags, f"{name} skipped: the targeted DLR loss needs at least 4 classes.")
-                continue
-            progress = keras.utils.Progbar(len(indices), verbose=self.verbose, unit_name="point") if self.verbose else None
-            if self.verbose:
-                print(f"{name}: {len(indices)} points left")
-            for batch_number, start in enumerate(range(0, len(indices), bs)):
-                batch = indices[start:start + bs]
-                xb, yb = tf.constant(x[batch]), tf.constant(labels[batch])
-                call_seed = seed + 1_000_003 * (attack_index + 1) + batch_number
-                if isinstance(attack, (APGD, FAB, Square)):
-                    candidate = attack.run(model, xb, yb, seed=call_seed).adversarial
-                else:
-                    candidate = attack(model, xb, yb)
-                candidate = np.asarray(candidate, np.float32).reshape(xb.shape)
-                # Verify: finite, inside the eps-ball and [0, 1] (projection only removes float round-off), then
-                # misclassified with finite logits. A NaN / Inf point or prediction is never a break.
-                finite_point = np.all(np.isfinite(candidate.reshape(len(batch), -1)), axis=1)
-                candidate = np.where(_common.broadcast(finite_point, xb).numpy(), candidate, x[batch])
-                projected = projections.project(candidate, xb, self.eps, np.inf).numpy()
-                if np.abs(projected - candidate).max() > _BALL_TOLERANCE:
-                    self._flag(flags, f"{name} returned points outside the eps-ball or [0, 1]; they were projected "
-                                      "back before checking.")
-                prediction, finite_logits = (v.numpy() for v in self._predict(model, tf.constant(projected)))
-                valid = np.logical_and(finite_point, finite_logits)
-                fooled = np.logical_and(valid, prediction != labels[batch])
-                rejected_count[name] += int(np.sum(~valid))
-                broken = batch[fooled]
-                robust[broken] = False
-                broken_by[broken] = name
-                adversarial[broken] = projected[fooled]
-                broken_count[name] += int(fooled.sum())
-                if progress is not None:
-                    progress.add(len(batch), values=[("robust_accuracy", float(robust.mean()))])
-            if rejected_count[name]:
-                self._flag(flags, f"{name} returned {rejected_count[name]} points with NaN / Inf values or non-finite "
-                                  "logits; they were not counted as broken.")
-            robust_after[name] = float(robust.mean())
-            seconds[name] = round(time.time() - attack_start, 3)
-            if self.verbose:
-                print(f"robust accuracy after {name}: {robust.mean():.2%} ({seconds[name]:.1f} s)")
+            print(f"AutoAttack ({self.version}, eps={self.eps:.5g}, seed={ev.seed}) on {len(ev.x)} points: "
+                  f"clean accuracy {ev.clean_correct.mean():.2%}")
+        for attack_index, (name, attack) in enumerate(self._attack_list()):
+            self._run_attack(model, ev, attack_index, name, attack)
+        self._check_square(ev)
+        report = self._report(model, ev, model_name, dataset, start_time)
+        return AutoAttackResult(ev.clean_correct, ev.robust, ev.broken_by.astype(str), ev.adversarial, report)
 
-        if "square" in robust_after and len(robust_after) >= 2:
-            names = list(robust_after)
-            before_square = robust_after[names[names.index("square") - 1]] if names.index("square") > 0 else None
-            if before_square is not None and robust_after["square"] < before_square - _SQUARE_ALPHA:
-                self._flag(flags, f"Square, a black-box attack, broke {broken_count['square']} points "
-                                  f"({before_square - robust_after['square']:.2%}) on which the white-box attacks "
-                                  "failed: the gradients are likely masked or obfuscated.")
-
-        robust_accuracy = float(robust.mean())
-        report = {
-            "name": model_name or getattr(model, "name", type(model).__name__),
-            "dataset": dataset,
-            "threat_model": "Linf",
-            "eps": self.eps,
-            "clean_acc": f"{100 * clean_correct.mean():.2f}",
-            "autoattack_acc": f"{100 * robust_accuracy:.2f}",
-            "clean_accuracy": float(clean_correct.mean()),
-            "robust_accuracy": robust_accuracy,
-            "robust_accuracy_per_attack": robust_after,
-            "points_broken_per_attack": broken_count,
-            "non_finite_points": non_finite,
-            "non_finite_candidates_per_attack": rejected_count,
-            "seconds_per_attack": seconds,
-            "version": self.version,
-            "attacks": [
-                {"name": name, "config": attack.get_config() if hasattr(attack, "get_config") else repr(attack)}
-                for name, attack in attack_list
-            ],
-            "n_iter": self.n_iter,
-            "n_queries": self.n_queries,
-            "n_points": n,
-            "seed": seed,
-            "flags": flags,
-            "seconds": round(time.time() - start_time, 3),
-            "library": "tfnorms",
-            "tensorflow": tf.__version__,
-        }
-        return AutoAttackResult(clean_correct, robust, broken_by.astype(str), adversarial, report)
-
-    def __call__(self, model, x, y):
-        """Adversarial examples (clean input where no attack succeeded); runs eagerly."""
-        return self.evaluate(model, x, y).adversarial
-
-    def __repr__(self):
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"
+    def run(self, model, x, y=None, *, clean_logits=None) -> AutoAttackResult:
+        """The :class:`~tfnorms.attacks.Attack` entry point: :meth:`evaluate` (``clean_logits`` are not read)."""
+        del clean_logits
+        return self.evaluate(model, x, y)
 
     def get_config(self):
         """JSON-safe constructor arguments (custom attack objects serialised with Keras)."""
-        attacks = None
-        if self.attacks is not None:
-            attacks = [a if isinstance(a, str) else keras.saving.serialize_keras_object(a) for a in self.attacks]
         return {
             "eps": self.eps,
             "version": self.version,
-            "attacks": attacks,
+            "attacks": base.serialize(self.attacks),
             "seed": self.seed,
             "batch_size": self.batch_size,
             "n_iter": self.n_iter,
             "n_queries": self.n_queries,
             "verbose": self.verbose,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if config.get("attacks") is not None:
-            config["attacks"] = [
-                a if isinstance(a, str) else keras.saving.deserialize_keras_object(a) for a in config["attacks"]
-            ]
-        return cls(**config)

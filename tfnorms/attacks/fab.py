@@ -18,13 +18,13 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import keras
 import tensorflow as tf
 
-from tfnorms.attacks import _common, loop
-from tfnorms.attacks.pgd import _positive_float, _seed
+from tfnorms.attacks import _common, base, loop
 
 _NO_SUCCESS = 1e10
 
@@ -100,7 +100,7 @@ class FABResult(NamedTuple):
 
 
 @keras.saving.register_keras_serializable(package="tfnorms")
-class FAB(_common.ResultAttack):
+class FAB(base.RestartAttack):
     """FAB-T (l_inf): targeted minimum-norm boundary attack, as run by AutoAttack.
 
     For each of ``n_target_classes`` targets ``t`` (the 2nd, 3rd, ... largest
@@ -112,36 +112,54 @@ class FAB(_common.ResultAttack):
     ``clip((x1 + eta d1)(1 - a) + (x + eta d2) a, 0, 1)`` with
     ``a = min(max(|d1| / (|d1| + |d2|), 0), alpha_max)``, and when the new
     iterate is misclassified, record it if its norm is the smallest so far
-    and pull it back, ``x1 <- x + beta (x1 - x)``. Restarts after the first
-    start at a random point at l_inf radius ``min(best norm, eps) / 2``.
+    and pull it back, ``x1 <- x + backward_step (x1 - x)`` (the paper's
+    ``beta``). Restarts after the first start at a random point at l_inf
+    radius ``min(best norm, eps) / 2``.
 
     Args:
-        eps: radius of the threat model; success needs ``||delta||_inf <= eps``.
+        eps: radius of the threat model; success needs ``||delta||_inf <= eps``
+            (the only positional argument).
         n_target_classes: targets per point (9 in AutoAttack), capped at ``num_classes - 1``.
         n_iter: iterations per run (100).
         n_restarts: runs per target (1 in AutoAttack's standard version).
         alpha_max: cap of the bias towards the original point (0.1).
         eta: overshoot of the projection step (1.05).
-        beta: backward step after finding an adversarial point (0.9).
+        backward_step: the factor in (0, 1] that pulls an adversarial iterate
+            back towards ``x`` (0.9; ``beta`` in the FAB paper).
         seed: ``None`` or an int, for the random restarts.
+        beta: deprecated name of ``backward_step`` (``beta`` is the TRADES
+            weight elsewhere in the library); still accepted, with a
+            ``DeprecationWarning``, so that saved configs load.
 
     Example:
-        >>> FAB(eps=8 / 255).get_config()["eta"]
-        1.05
+        >>> FAB(8 / 255).get_config()["backward_step"]
+        0.9
     """
 
-    def __init__(self, eps, n_target_classes=9, n_iter=100, n_restarts=1, alpha_max=0.1, eta=1.05, beta=0.9, seed=None):
-        self.eps = _positive_float("eps", eps)
+    name = "fab-t"
+    targeted = True
+
+    def __init__(
+        self, eps, *, n_target_classes=9, n_iter=100, n_restarts=1, alpha_max=0.1, eta=1.05, backward_step=0.9,
+        seed=None, beta=None,
+    ):
+        super().__init__(eps, n_restarts=n_restarts, seed=seed)
         self.n_target_classes = _common.positive_int("n_target_classes", n_target_classes)
         self.n_iter = _common.positive_int("n_iter", n_iter)
-        self.n_restarts = _common.positive_int("n_restarts", n_restarts)
         self.alpha_max = _common.float_in("alpha_max", alpha_max, 0.0, 1.0, low_open=False)
         self.eta = _common.float_in("eta", eta, 0.0, 10.0)
-        self.beta = _common.float_in("beta", beta, 0.0, 1.0)
-        self.seed = _seed(seed)
-        self._compiled = None
-
-    name = "fab-t"
+        if beta is not None:
+            if backward_step != 0.9:
+                raise ValueError(
+                    "Invalid value for argument `beta`. Expected only `backward_step` (its new name). "
+                    f"Received: beta={beta!r} and backward_step={backward_step!r}"
+                )
+            warnings.warn(
+                "FAB's `beta` is now called `backward_step` (`beta` is the TRADES weight elsewhere in tfnorms); "
+                "`beta` will be removed.", DeprecationWarning, stacklevel=2,
+            )
+            backward_step = beta
+        self.backward_step = _common.float_in("backward_step", backward_step, 0.0, 1.0)
 
     def _single_run(self, model, x, labels, targets, seed, start_radius):
         """One run on all points from ``x`` + a random point at l_inf radius ``start_radius`` (``[batch]``).
@@ -184,7 +202,7 @@ class FAB(_common.ResultAttack):
             smaller = tf.logical_and(is_adversarial, distance < norm)
             adversarial = tf.where(_common.broadcast(smaller, x), x1, adversarial)
             norm = tf.where(smaller, distance, norm)
-            x1 = tf.where(_common.broadcast(is_adversarial, x), x + self.beta * (x1 - x), x1)
+            x1 = tf.where(_common.broadcast(is_adversarial, x), x + self.backward_step * (x1 - x), x1)
             return i + 1, x1, adversarial, norm
 
         _, _, adversarial, norm = tf.while_loop(
@@ -195,43 +213,27 @@ class FAB(_common.ResultAttack):
         )
         return adversarial, norm
 
-    def run(self, model, x, y, seed=None) -> FABResult:
-        """Runs FAB-T (all targets and restarts) on a batch; see :class:`FABResult`.
+    def _initial_state(self, x, clean_logits, labels):
+        return dict(adversarial=x, norm=tf.where(loop.misclassified(clean_logits, labels), 0.0, _NO_SUCCESS))
 
-        Inputs are checked as in :meth:`APGD.run` (``ValueError`` for invalid images, labels or logits).
-        """
-        if self._compiled is None:
-            self._compiled = tf.function(self._single_run, reduce_retracing=True)
-        x, clean_logits, labels = _common.checked_inputs(model, x, y)
-        num_classes = clean_logits.shape[-1]
-        base_seed = seed if seed is not None else (self.seed if self.seed is not None else _common.fresh_seed())
-        misclassified = loop.misclassified(clean_logits, labels)
-        norm = tf.where(misclassified, 0.0, _NO_SUCCESS)
-        adversarial = x
-        ranked = tf.argsort(clean_logits, axis=-1, direction="DESCENDING", stable=True)
-        run_index = 0
-        for rank in range(1, min(self.n_target_classes, num_classes - 1) + 1):
-            for restart in range(self.n_restarts):
-                indices = _common.subset_indices(norm > self.eps)
-                if _common.nothing_left(indices):
-                    break
-                x_sub = tf.gather(x, indices)
-                old_norm = tf.gather(norm, indices)
-                start_radius = 0.5 * tf.minimum(old_norm, self.eps) if restart > 0 else tf.zeros_like(old_norm)
-                found, found_norm = self._compiled(
-                    model, x_sub, tf.gather(labels, indices), tf.gather(ranked[:, rank], indices),
-                    _common.seed_pair(base_seed, run_index), start_radius,
-                )
-                run_index += 1
-                better = tf.logical_and(found_norm < old_norm, old_norm > self.eps)
-                adversarial = _common.scatter(
-                    adversarial, indices, tf.where(_common.broadcast(better, x_sub), found, tf.gather(adversarial, indices))
-                )
-                norm = _common.scatter(norm, indices, tf.where(better, found_norm, old_norm))
-        success = norm <= self.eps
+    def _still_robust(self, state):
+        return state["norm"] > self.eps
+
+    def _updates(self, model, rows, run):
+        old_norm = rows["norm"]
+        start_radius = 0.5 * tf.minimum(old_norm, self.eps) if run.restart > 0 else tf.zeros_like(old_norm)
+        found, found_norm = self._compiled(model, run.x, run.labels, run.targets, run.seed, start_radius)
+        better = tf.logical_and(found_norm < old_norm, old_norm > self.eps)
+        return dict(
+            adversarial=tf.where(_common.broadcast(better, run.x), found, rows["adversarial"]),
+            norm=tf.where(better, found_norm, old_norm),
+        )
+
+    def _result(self, state, x, clean_logits, labels) -> FABResult:
+        success = state["norm"] <= self.eps
         # Only perturbations inside the threat model are returned (AutoAttack's success criterion).
-        adversarial = tf.where(_common.broadcast(tf.logical_and(success, tf.logical_not(misclassified)), x), adversarial, x)
-        return FABResult(adversarial, success, norm)
+        broken = tf.logical_and(success, tf.logical_not(loop.misclassified(clean_logits, labels)))
+        return FABResult(tf.where(_common.broadcast(broken, x), state["adversarial"], x), success, state["norm"])
 
     def get_config(self):
         """JSON-safe constructor arguments."""
@@ -242,6 +244,6 @@ class FAB(_common.ResultAttack):
             "n_restarts": self.n_restarts,
             "alpha_max": self.alpha_max,
             "eta": self.eta,
-            "beta": self.beta,
+            "backward_step": self.backward_step,
             "seed": self.seed,
         }

@@ -1,8 +1,12 @@
 """Projected gradient attacks: :class:`PGD`, :class:`FGSM` and :class:`CW` (CW-l_inf).
 
 All three are the one loop of :mod:`tfnorms.attacks.loop` with different
-components; each is a plain callable ``attack(model, x, y) -> x_adv`` that
-returns float32 inputs inside the eps-ball around ``x`` and inside [0, 1].
+components; each is an :class:`~tfnorms.attacks.Attack`,
+``attack(model, x, y) -> x_adv``, that returns float32 inputs inside the
+eps-ball around ``x`` and inside [0, 1]. ``eps``, ``step_size`` and ``steps``
+may be given positionally (``PGD(0.031, 0.007, 20)``), every other argument
+by keyword; :class:`FGSM` and :class:`CW` take PGD's keyword arguments
+(except the ones they fix) without listing them again.
 
 Example:
     >>> import numpy as np, keras, tfnorms
@@ -17,47 +21,27 @@ Example:
 from __future__ import annotations
 
 import functools
-import numbers
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tfnorms import _inputs
-from tfnorms.attacks import loop, projections
+from tfnorms.attacks import _common, base, loop, projections
 from tfnorms.attacks import losses as losses_lib
 from tfnorms.attacks import starts as starts_lib
 from tfnorms.attacks import steps as steps_lib
 
 
-def _positive_float(name, value, allow_zero=False):
-    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not is_number or not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        expected = "a finite float >= 0" if allow_zero else "a finite float > 0"
-        raise ValueError(f"Invalid value for argument `{name}`. Expected {expected}. Received: {name}={value!r}")
-    return float(value)
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"Invalid value for argument `{name}`. Expected an int >= 1. Received: {name}={value!r}")
-    return int(value)
-
-
-def _bool(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"Invalid value for argument `{name}`. Expected True or False. Received: {name}={value!r}")
-    return bool(value)
-
-
-def _seed(value):
-    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
-        raise ValueError(f"Invalid value for argument `seed`. Expected None or an int. Received: seed={value!r}")
-    return None if value is None else int(value)
+def _reject_fixed(attack, options, fixed):
+    """Raises the ``TypeError`` of an unknown keyword for the PGD arguments ``attack`` fixes itself."""
+    for name in fixed:
+        if name in options:
+            raise TypeError(f"{attack}.__init__() got an unexpected keyword argument '{name}' ({attack} fixes it)")
 
 
 @keras.saving.register_keras_serializable(package="tfnorms")
-class PGD:
+class PGD(base.Attack):
     """Projected gradient descent (ascent on the attack loss) in an l_inf or l2 ball.
 
     ``x_0 = project(start(x))``; ``steps`` times
@@ -86,18 +70,19 @@ class PGD:
         seed: ``None`` (a fresh random start per call) or an int (a
             deterministic start for a given input shape, for reproducible evaluation).
 
-    Calling ``attack(model, x, y, clean_logits=None)`` takes a callable
+    Calling ``attack(model, x, y, *, clean_logits=None)`` takes a callable
     ``model`` returning logits, ``[batch, ...]`` inputs ``x`` in [0, 1], labels
     ``y`` (class ids ``[batch]`` / ``[batch, 1]`` or one-hot rows) and
     optionally the logits of ``x`` in the attack's mode (saves a forward pass
     for the ``"kl"`` loss); it returns float32 adversarial inputs of the shape
     of ``x``, without gradient.
 
+    ``eps``, ``step_size`` and ``steps`` may be positional, the rest are keyword-only.
+
     Example:
-        >>> import numpy as np
-        >>> trades_attack = PGD(eps=0.031, step_size=0.007, steps=10, loss="kl", random_start="normal")
-        >>> trades_attack.get_config()["loss"]
-        'kl'
+        >>> trades_attack = PGD(0.031, 0.007, 10, loss="kl", random_start="normal")
+        >>> trades_attack.get_config()["loss"], trades_attack.requires_clean_logits
+        ('kl', True)
     """
 
     def __init__(
@@ -105,6 +90,7 @@ class PGD:
         eps,
         step_size,
         steps,
+        *,
         ord=np.inf,
         loss="ce",
         random_start="uniform",
@@ -112,17 +98,17 @@ class PGD:
         stop_at_misclassification=False,
         seed=None,
     ):
-        self.eps = _positive_float("eps", eps)
-        self.step_size = _positive_float("step_size", step_size)
-        self.steps = _positive_int("steps", steps)
+        self.eps = _common.positive_float("eps", eps)
+        self.step_size = _common.positive_float("step_size", step_size)
+        self.steps = _common.positive_int("steps", steps)
         self.ord = projections.validate_ord(ord)
         self.loss = loss
         self.loss_fn = losses_lib.get(loss)
         starts_lib.get(random_start)
         self.random_start = random_start
-        self.training = _bool("training", training)
-        self.stop_at_misclassification = _bool("stop_at_misclassification", stop_at_misclassification)
-        self.seed = _seed(seed)
+        self.training = _common.boolean("training", training)
+        self.stop_at_misclassification = _common.boolean("stop_at_misclassification", stop_at_misclassification)
+        self.seed = _common.optional_seed(seed)
         self._eager_function = None
 
     @property
@@ -143,7 +129,7 @@ class PGD:
             gradient_norm_ord=projections.dual_ord(self.ord),
         )
 
-    def run(self, model, x, y, clean_logits=None) -> loop.AttackResult:
+    def run(self, model, x, y, *, clean_logits=None) -> loop.AttackResult:
         """Runs the attack and also returns the per-example maximum dual norm of the gradient.
 
         Args:
@@ -174,34 +160,19 @@ class PGD:
     def _run(self, model, x, y, clean_logits):
         return loop.iterate(model, x, y, clean_logits=clean_logits, **self._components())
 
-    def __call__(self, model, x, y, clean_logits=None):
-        return self.run(model, x, y, clean_logits=clean_logits).adversarial
-
-    def __repr__(self):
-        config = ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
-        return f"{type(self).__name__}({config})"
-
     def get_config(self):
-        """JSON-safe constructor arguments (``ord`` as ``"inf"`` / ``"2"``)."""
-        loss = self.loss if isinstance(self.loss, str) else keras.saving.serialize_keras_object(self.loss)
+        """JSON-safe constructor arguments (``ord`` as ``"inf"`` / ``"2"``, a callable loss Keras-serialised)."""
         return {
             "eps": self.eps,
             "step_size": self.step_size,
             "steps": self.steps,
             "ord": projections.ord_to_config(self.ord),
-            "loss": loss,
+            "loss": base.serialize(self.loss),
             "random_start": self.random_start,
             "training": self.training,
             "stop_at_misclassification": self.stop_at_misclassification,
             "seed": self.seed,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("loss"), dict):
-            config["loss"] = keras.saving.deserialize_keras_object(config["loss"])
-        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="tfnorms")
@@ -212,25 +183,25 @@ class FGSM(PGD):
 
     Args:
         eps: radius of the threat model.
-        ord: ``numpy.inf`` or ``2``.
-        loss: as in :class:`PGD` (default cross-entropy).
-        random_start: as in :class:`PGD` (default ``None``).
-        training: as in :class:`PGD`.
-        seed: as in :class:`PGD`.
+        random_start: as in :class:`PGD` (default ``None``: start at ``x``).
+        **options: the other keyword arguments of :class:`PGD` (``ord``,
+            ``loss``, ``training``, ``seed``); ``step_size``, ``steps`` and
+            ``stop_at_misclassification`` are fixed.
 
     Example:
-        >>> FGSM(eps=8 / 255).steps
+        >>> FGSM(8 / 255, ord=2).steps
         1
     """
 
-    def __init__(self, eps, ord=np.inf, loss="ce", random_start=None, training=False, seed=None):
-        super().__init__(
-            eps=eps, step_size=eps, steps=1, ord=ord, loss=loss, random_start=random_start, training=training, seed=seed
-        )
+    _FIXED = ("step_size", "steps", "stop_at_misclassification")
+
+    def __init__(self, eps, *, random_start=None, **options):
+        _reject_fixed("FGSM", options, self._FIXED)
+        super().__init__(eps, eps, 1, random_start=random_start, **options)
 
     def get_config(self):
         config = super().get_config()
-        for key in ("step_size", "steps", "stop_at_misclassification"):
+        for key in self._FIXED:
             config.pop(key)
         return config
 
@@ -248,42 +219,20 @@ class CW(PGD):
         eps: radius of the threat model (CW-20 of Wu et al.: ``CW(0.031, 0.007, 20)``).
         step_size: step length per iteration.
         steps: number of iterations.
-        ord: ``numpy.inf`` or ``2``.
         confidence: the margin ``kappa`` >= 0 (0 in the papers).
-        random_start: as in :class:`PGD`.
-        training: as in :class:`PGD`.
-        stop_at_misclassification: as in :class:`PGD`.
-        seed: as in :class:`PGD`.
+        **options: the other keyword arguments of :class:`PGD` (``ord``,
+            ``random_start``, ``training``, ``stop_at_misclassification``,
+            ``seed``); the loss is fixed.
 
     Example:
-        >>> CW(eps=0.031, step_size=0.007, steps=20).get_config()["confidence"]
+        >>> CW(0.031, 0.007, 20, ord=2).get_config()["confidence"]
         0.0
     """
 
-    def __init__(
-        self,
-        eps,
-        step_size,
-        steps,
-        ord=np.inf,
-        confidence=0.0,
-        random_start="uniform",
-        training=False,
-        stop_at_misclassification=False,
-        seed=None,
-    ):
-        self.confidence = _positive_float("confidence", confidence, allow_zero=True)
-        super().__init__(
-            eps=eps,
-            step_size=step_size,
-            steps=steps,
-            ord=ord,
-            loss="cw",
-            random_start=random_start,
-            training=training,
-            stop_at_misclassification=stop_at_misclassification,
-            seed=seed,
-        )
+    def __init__(self, eps, step_size, steps, *, confidence=0.0, **options):
+        _reject_fixed("CW", options, ("loss",))
+        self.confidence = _common.positive_float("confidence", confidence, allow_zero=True)
+        super().__init__(eps, step_size, steps, loss="cw", **options)
         self.loss_fn = functools.partial(losses_lib.cw_margin, confidence=self.confidence)
 
     def get_config(self):

@@ -20,8 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfnorms.attacks import _common, losses, projections
-from tfnorms.attacks.pgd import _positive_float, _seed
+from tfnorms.attacks import _common, base, losses, projections
 
 _HALVING_AFTER = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
@@ -60,7 +59,7 @@ def _margin(model, x, labels):
 
 
 @keras.saving.register_keras_serializable(package="tfnorms")
-class Square(_common.ResultAttack):
+class Square(base.RestartAttack):
     """Square attack, l_inf: random search with square-shaped updates (score-based, no gradients).
 
     Start at ``x + eps * s`` with a random sign ``s`` per example, channel and
@@ -73,7 +72,7 @@ class Square(_common.ResultAttack):
     stop; the loop stops when all have.
 
     Args:
-        eps: l_inf radius.
+        eps: l_inf radius (the only positional argument).
         n_queries: query budget per point (5000 in AutoAttack).
         p_init: initial fraction of the image changed per query (0.8).
         n_restarts: runs on the points still robust (1 in AutoAttack).
@@ -82,19 +81,16 @@ class Square(_common.ResultAttack):
     Inputs are NHWC images (``[batch, H, W, C]``) with static ``H, W, C``.
 
     Example:
-        >>> Square(eps=8 / 255).get_config()["n_queries"]
-        5000
+        >>> Square(8 / 255, n_queries=1000).get_config()["n_queries"]
+        1000
     """
 
     name = "square"
 
-    def __init__(self, eps, n_queries=5000, p_init=0.8, n_restarts=1, seed=None):
-        self.eps = _positive_float("eps", eps)
+    def __init__(self, eps, *, n_queries=5000, p_init=0.8, n_restarts=1, seed=None):
+        super().__init__(eps, n_restarts=n_restarts, seed=seed)
         self.n_queries = _common.positive_int("n_queries", n_queries)
         self.p_init = _common.float_in("p_init", p_init, 0.0, 1.0)
-        self.n_restarts = _common.positive_int("n_restarts", n_restarts)
-        self.seed = _seed(seed)
-        self._compiled = None
 
     def _single_run(self, model, x, labels, seed):
         if x.shape.rank != 4 or None in x.shape[1:]:
@@ -140,35 +136,25 @@ class Square(_common.ResultAttack):
         )
         return x_best, margin, queries
 
-    def run(self, model, x, y, seed=None) -> SquareResult:
-        """Runs the attack on a batch; see :class:`SquareResult`.
-
-        Inputs are checked as in :meth:`APGD.run` (``ValueError`` for invalid images, labels or logits).
-        """
-        if self._compiled is None:
-            self._compiled = tf.function(self._single_run, reduce_retracing=True)
-        x, clean_logits, labels = _common.checked_inputs(model, x, y)
+    def _initial_state(self, x, clean_logits, labels):
         true_logit, other_logit = losses.true_and_best_other_logit(clean_logits, labels)
-        margin = true_logit - other_logit
-        base_seed = seed if seed is not None else (self.seed if self.seed is not None else _common.fresh_seed())
-        adversarial = x
-        queries = tf.zeros(tf.shape(labels), tf.int32)
-        for restart in range(self.n_restarts):
-            indices = _common.subset_indices(margin > 0.0)
-            if _common.nothing_left(indices):
-                break
-            found, found_margin, used = self._compiled(
-                model, tf.gather(x, indices), tf.gather(labels, indices), _common.seed_pair(base_seed, restart)
-            )
-            old_margin = tf.gather(margin, indices)
-            active = old_margin > 0.0
-            better = tf.logical_and(active, found_margin < old_margin)
-            adversarial = _common.scatter(
-                adversarial, indices, tf.where(_common.broadcast(better, found), found, tf.gather(adversarial, indices))
-            )
-            margin = _common.scatter(margin, indices, tf.where(better, found_margin, old_margin))
-            queries = _common.scatter(queries, indices, tf.gather(queries, indices) + used * tf.cast(active, tf.int32))
-        return SquareResult(adversarial, margin <= 0.0, queries)
+        return dict(adversarial=x, margin=true_logit - other_logit, queries=tf.zeros(tf.shape(labels), tf.int32))
+
+    def _still_robust(self, state):
+        return state["margin"] > 0.0
+
+    def _updates(self, model, rows, run):
+        found, found_margin, used = self._compiled(model, run.x, run.labels, run.seed)
+        active = rows["margin"] > 0.0
+        better = tf.logical_and(active, found_margin < rows["margin"])
+        return dict(
+            adversarial=tf.where(_common.broadcast(better, found), found, rows["adversarial"]),
+            margin=tf.where(better, found_margin, rows["margin"]),
+            queries=rows["queries"] + used * tf.cast(active, tf.int32),
+        )
+
+    def _result(self, state, x, clean_logits, labels) -> SquareResult:
+        return SquareResult(state["adversarial"], state["margin"] <= 0.0, state["queries"])
 
     def get_config(self):
         """JSON-safe constructor arguments."""
