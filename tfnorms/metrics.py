@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfnorms import _args, _inputs
-from tfnorms.attacks import PGD, loop
+from tfnorms.attacks import PGD, Attack, loop
 
 
 def _nan_where_not_finite(values, *logits):
@@ -140,13 +140,14 @@ def _batches(x, y, batch_size):
 
 
 def attack_outputs(attack, model, x, y, clean_logits, training=False):
-    """``attack(model, x, y)``, handing over ``clean_logits`` when the attack uses them and they fit.
+    """``attack(model, x, y)``, handing over ``clean_logits`` when the attack accepts them.
 
-    Clean logits are handed over only to an attack that asks for them
-    (``requires_clean_logits``) and runs the model in the mode the logits were
-    computed in (``training``); otherwise the attack computes its own.
+    A :class:`tfnorms.attacks.Attack` says whether clean logits computed in
+    mode ``training`` are the ones it would compute itself
+    (:meth:`~tfnorms.attacks.Attack.accepts_clean_logits`); any other callable
+    ``attack(model, x, y)`` computes its own.
     """
-    if getattr(attack, "requires_clean_logits", False) and bool(getattr(attack, "training", False)) == bool(training):
+    if isinstance(attack, Attack) and clean_logits is not None and attack.accepts_clean_logits(training):
         return attack(model, x, y, clean_logits=clean_logits)
     return attack(model, x, y)
 
