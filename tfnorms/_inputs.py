@@ -278,17 +278,21 @@ def check_labels(y, num_classes, name: str = "y", batch_size=None) -> tf.Tensor:
     if y is None:
         raise ValueError(_invalid(name, expected, f"{name}=None"))
     concrete = is_concrete(y)
-    labels = tf.convert_to_tensor(y)
-    dtype = labels.dtype
-    if dtype.is_bool or not (dtype.is_integer or dtype.is_floating):
-        raise ValueError(_invalid(name, expected, f"dtype={dtype.name}"))
-    kind = _label_kind(labels.shape, num_classes, name)
+    # Concrete labels are checked in NumPy (a few microseconds; no eager op per check).
+    labels = np.asarray(y.numpy() if hasattr(y, "numpy") else y) if concrete else tf.convert_to_tensor(y)
+    try:
+        dtype = tf.as_dtype(labels.dtype)
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.is_bool or not (dtype.is_integer or dtype.is_floating):
+        raise ValueError(_invalid(name, expected, f"dtype={labels.dtype.name}"))
+    kind = _label_kind(tf.TensorShape(labels.shape), num_classes, name)
     if batch_size is not None:
         _check_batch_size(labels, batch_size, name)
     if kind == "ids":
-        labels = tf.reshape(labels, [-1])
-        return _checked_ids(labels, num_classes, name, expected, concrete)
-    return _checked_rows(labels, name, expected, concrete)
+        check = _checked_ids if not concrete else _checked_ids_now
+        return check(labels.reshape(-1) if concrete else tf.reshape(labels, [-1]), num_classes, name, expected)
+    return (_checked_rows_now if concrete else _checked_rows)(labels, dtype, name, expected)
 
 
 def _check_batch_size(labels, batch_size, name):
@@ -298,20 +302,34 @@ def _check_batch_size(labels, batch_size, name):
             raise ValueError(_invalid(name, f"one label per example ({batch_size})", f"{size} labels"))
 
 
-def _checked_ids(labels, num_classes, name, expected, concrete):
-    upper = np.inf if num_classes is None else num_classes
-    if concrete:
-        if int(tf.size(labels)) == 0:
-            return tf.cast(labels, tf.int32)
-        values = labels.numpy()
-        if labels.dtype.is_floating:
-            if not np.all(np.isfinite(values)) or not np.all(values == np.floor(values)):
-                bad = values[~(np.isfinite(values) & (values == np.floor(values)))]
-                raise ValueError(_invalid(name, expected, f"non-integral float labels such as {_number(bad[0])}"))
+def _checked_ids_now(values, num_classes, name, expected):
+    """Concrete ids (a 1-D NumPy array): Python checks, int32 tensor."""
+    if values.size:
+        if not np.issubdtype(values.dtype, np.integer):
+            integral = np.isfinite(values) & (values == np.floor(values))
+            if not integral.all():
+                bad = values[~integral][0]
+                raise ValueError(_invalid(name, expected, f"non-integral float labels such as {_number(bad)}"))
         low, high = _number(values.min()), _number(values.max())
-        if low < 0 or high >= upper:
+        if low < 0 or high >= (np.inf if num_classes is None else num_classes):
             raise ValueError(_invalid(name, expected, f"class ids with min={low}, max={high}"))
-        return tf.cast(labels, tf.int32)
+    return tf.constant(values.astype(np.int32))
+
+
+def _checked_rows_now(values, dtype, name, expected):
+    """Concrete rows (a 2-D NumPy array): Python checks, float32 tensor."""
+    values = values.astype(np.float32)
+    if values.size:
+        sums = values.sum(axis=-1)
+        tolerance = _ROW_SUM_TOLERANCE.get(dtype, _DEFAULT_ROW_SUM_TOLERANCE)
+        if not np.all(np.isfinite(values)) or values.min() < 0 or np.abs(sums - 1).max() > tolerance:
+            received = f"rows with min={_number(values.min())}, row sums in [{_number(sums.min())}, {_number(sums.max())}]"
+            raise ValueError(_invalid(name, expected + " (non-negative, summing to 1)", received))
+    return tf.constant(values)
+
+
+def _checked_ids(labels, num_classes, name, expected):
+    """Symbolic ids: a run-time assertion, int32."""
     ok = labels >= 0
     if num_classes is not None:
         ok = tf.logical_and(ok, labels < tf.cast(num_classes, labels.dtype))
@@ -322,18 +340,10 @@ def _checked_ids(labels, num_classes, name, expected, concrete):
     return tf.cast(checked, tf.int32)
 
 
-def _checked_rows(labels, name, expected, concrete):
-    tolerance = _ROW_SUM_TOLERANCE.get(labels.dtype, _DEFAULT_ROW_SUM_TOLERANCE)
+def _checked_rows(labels, dtype, name, expected):
+    """Symbolic rows: a run-time assertion, float32."""
+    tolerance = _ROW_SUM_TOLERANCE.get(dtype, _DEFAULT_ROW_SUM_TOLERANCE)
     rows = tf.cast(labels, tf.float32)
-    if concrete:
-        if int(tf.size(rows)) == 0:
-            return rows
-        values = rows.numpy()
-        sums = values.sum(axis=-1)
-        if not np.all(np.isfinite(values)) or values.min() < 0 or np.abs(sums - 1).max() > tolerance:
-            received = f"rows with min={_number(values.min())}, row sums in [{_number(sums.min())}, {_number(sums.max())}]"
-            raise ValueError(_invalid(name, expected + " (non-negative, summing to 1)", received))
-        return rows
     ok = tf.logical_and(
         tf.reduce_all(rows >= 0),
         tf.reduce_all(tf.abs(tf.reduce_sum(rows, axis=-1) - 1.0) <= tolerance),  # false for NaN
