@@ -1,19 +1,25 @@
-"""Building blocks of the paper studies in ``examples/``: training, evaluation, norms, tables, plots.
+"""Building blocks of the examples in ``examples/``: flags, training, evaluation, norms, tables, plots.
 
-The studies (``examples/width_study.py``, ``examples/norm_regularization.py``,
-``examples/compare_norms.py``) are thin flag parsers over these functions, so
-each piece is tested once and usable from a notebook:
+The main example (``examples/trades_cifar.py``), ``examples/evaluate.py`` and
+the paper studies (``examples/width_study.py``,
+``examples/norm_regularization.py``, ``examples/compare_norms.py``) are thin
+flag parsers over these functions, so each piece is written and tested once
+and is usable from a notebook:
 
 * :func:`build_classifier`: a model of :mod:`tfnorms.models` by name.
 * :func:`train_classifier`: natural (cross-entropy) or adversarial training
   (:class:`tfnorms.AdversarialTrainer`) with the reference SGD set-up, and
-  optional norm decay, coupled weight decay or singular value clipping.
+  optional norm decay, coupled weight decay or singular value clipping,
+  TensorBoard and layer-norm logs, resumable backups, a distribution strategy.
 * :func:`evaluation_attacks`, :func:`evaluate`: clean and robust accuracy and
-  perturbation stability, worst case over several attacks per example.
+  perturbation stability, worst case over several attacks per example
+  (:func:`tfnorms.metrics.evaluate`).
 * :func:`mean_local_lipschitz`, :func:`layer_norms`: Wu et al.'s local
   Lipschitz estimate and per-layer exact operator norms as plain floats.
-* :func:`format_table`, :func:`write_json`, and ``plot_*`` (matplotlib, an
-  optional dependency: ``pip install tfnorms[examples]``).
+* :func:`format_table`, :func:`write_json`, :func:`write_results`, and
+  ``plot_*`` (matplotlib, an optional dependency: ``pip install tfnorms[examples]``).
+* :func:`define_flags`, :func:`study_data`: the absl flags that the examples
+  share, and a study's data from its flags.
 
 Example:
     >>> from tfnorms import data, experiments
@@ -25,9 +31,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import sys
 import warnings
 from typing import Dict, Mapping, Sequence
 
@@ -35,11 +43,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfnorms import attacks, callbacks, metrics, models, norms, optimization, regularizers
+from tfnorms import attacks, callbacks, metrics, models, norms, optimization, regularizers, resume
 from tfnorms.training import AdversarialTrainer
 
 __all__ = [
     "build_classifier",
+    "define_flags",
     "evaluate",
     "evaluation_attacks",
     "format_table",
@@ -50,8 +59,10 @@ __all__ = [
     "plot_accuracies",
     "plot_lambda_schedules",
     "plot_norm_distributions",
+    "study_data",
     "train_classifier",
     "write_json",
+    "write_results",
 ]
 
 TRAINING_METHODS = ("natural", "pgd", "pgd_lambda", "trades", "mart", "alp")
@@ -104,17 +115,29 @@ def train_classifier(
     weight_decay=0.0,
     beta=None,
     attack=None,
+    eval_attack=None,
     norm_decay=None,
     norm_decay_momentum=0.5,
     svc=None,
     extra_callbacks=(),
     validation_data=None,
+    log_dir=None,
+    backup_dir=None,
+    strategy=None,
+    jit_compile="auto",
     verbose=0,
 ):
     """Trains ``classifier`` in place; returns the Keras ``History.history`` dict.
 
+    The one training pipeline of the examples: SGD with the step schedule,
+    coupled weight decay, optional norm decay (with
+    :class:`tfnorms.NormDecayMomentum`) or singular value clipping, natural
+    training or a :class:`tfnorms.AdversarialTrainer`, and optionally
+    TensorBoard curves, layer-norm traces and resumable backups.
+
     Args:
-        classifier: a ``keras.Model`` returning logits.
+        classifier: a ``keras.Model`` returning logits (built in ``strategy``'s
+            scope when ``strategy`` is given).
         train_ds: batched ``(images, labels)`` training data.
         method: ``"natural"`` (cross-entropy) or a :class:`tfnorms.AdversarialTrainer` method.
         epochs: training epochs.
@@ -122,14 +145,27 @@ def train_classifier(
         momentum: SGD momentum.
         milestones: 1-based epochs of the x0.1 steps (:func:`tfnorms.optimization.piecewise_learning_rate`).
         weight_decay: coupled (PyTorch-style) L2 weight decay on every variable.
-        beta: robust-term weight (method default if ``None``).
-        attack: training attack (the trainer's reference PGD-10 if ``None``).
-        norm_decay: ``None`` or ``("l1" | "linf", factor)``: Liang & Huang's norm decay on
-            every Conv2D/Dense kernel, with their decaying memory ``norm_decay_momentum``.
-        norm_decay_momentum: memory of :class:`tfnorms.NormDecayMomentum` (0.5 in the paper).
+        beta: robust-term weight (method default if ``None``; ignored by ``"pgd"``).
+        attack: training attack (the trainer's reference PGD-10 if ``None``; unused by ``"natural"``).
+        eval_attack: the trainer's validation attack (its reference PGD-20 if
+            ``None``; unused by ``"natural"``).
+        norm_decay: ``None`` or ``(ord, factor)`` with ``ord`` one of ``"l1"``,
+            ``"linf"``, ``"both"``: Liang & Huang's norm decay on every
+            Conv2D/Dense kernel, with their decaying memory ``norm_decay_momentum``.
+        norm_decay_momentum: memory of :class:`tfnorms.NormDecayMomentum` (0.5 in the paper; 0 = off).
         svc: ``None`` or ``(clip_to, every_n_steps)``: singular value clipping.
-        extra_callbacks: further Keras callbacks (e.g. a WAR schedule).
+        extra_callbacks: further Keras callbacks (e.g. a WAR schedule), after
+            the backup, TensorBoard and layer-norm callbacks and before singular
+            value clipping.
         validation_data: optional data for ``fit``'s validation.
+        log_dir: if set, TensorBoard curves and the l1 / l_inf layer-norm traces
+            (:class:`tfnorms.callbacks.LayerNormLogger`) go there, flushed after every epoch.
+        backup_dir: if set, a :class:`tfnorms.resume.AtomicBackupAndRestore`
+            there (the first callback) backs up every epoch and resumes an
+            interrupted run; wrap the call in :func:`tfnorms.resume.train_once`.
+        strategy: the ``tf.distribute`` strategy the classifier was built with;
+            the regularizers, optimizer and trainer are created in its scope.
+        jit_compile: ``compile``'s XLA switch (Keras' ``"auto"`` by default).
         verbose: ``fit`` verbosity.
     """
     if method not in TRAINING_METHODS:
@@ -139,28 +175,17 @@ def train_classifier(
     steps_per_epoch = int(train_ds.cardinality())
     if steps_per_epoch < 1:
         raise ValueError("`train_ds` must have a known, positive number of batches.")
-    if norm_decay is not None:
-        ord, factor = norm_decay
-        regularizers.add_norm_decay(classifier, factor, ord={"l1": 1, "linf": np.inf}[ord])
-    optimization.add_coupled_weight_decay(classifier, weight_decay)
-    schedule = optimization.piecewise_learning_rate(lr, steps_per_epoch, [m for m in milestones if m <= epochs])
-    optimizer = keras.optimizers.SGD(schedule, momentum=momentum)
-    if norm_decay is not None and norm_decay_momentum > 0:
-        optimizer = regularizers.NormDecayMomentum(optimizer, momentum=norm_decay_momentum)
-    if method == "natural":
-        model = classifier
-        model.compile(
-            optimizer,
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="clean_accuracy")],
-        )
-    else:
-        model = AdversarialTrainer(classifier, method=method, beta=None if method == "pgd" else beta, attack=attack)
-        model.compile(optimizer)
-    fit_callbacks = list(extra_callbacks)
-    if svc is not None:
-        clip_to, every = svc
-        fit_callbacks.append(callbacks.SingularValueClipping(clip_to, every_n_steps=every))
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        if norm_decay is not None:
+            ord, factor = norm_decay
+            regularizers.add_norm_decay(classifier, factor, ord=_NORM_DECAY_ORDS[ord])
+        optimization.add_coupled_weight_decay(classifier, weight_decay)
+        schedule = optimization.piecewise_learning_rate(lr, steps_per_epoch, [m for m in milestones if m <= epochs])
+        optimizer = keras.optimizers.SGD(schedule, momentum=momentum)
+        if norm_decay is not None and norm_decay_momentum > 0:
+            optimizer = regularizers.NormDecayMomentum(optimizer, momentum=norm_decay_momentum)
+        model = _compiled(classifier, method, optimizer, beta, attack, eval_attack, jit_compile)
+    fit_callbacks = _callbacks(log_dir, backup_dir, extra_callbacks, svc)
     with warnings.catch_warnings():
         # Keras' notice at the end of a finite data set; other warnings (e.g. layers that
         # SingularValueClipping skips) stay visible.
@@ -171,39 +196,78 @@ def train_classifier(
     return {key: [float(v) for v in values] for key, values in history.history.items()}
 
 
+_NORM_DECAY_ORDS = {"l1": 1, "linf": np.inf, "both": [1, np.inf]}
+
+
+def _compiled(classifier, method, optimizer, beta, attack, eval_attack, jit_compile):
+    """The compiled model that ``fit`` trains: ``classifier`` itself, or a trainer around it."""
+    if method == "natural":
+        classifier.compile(
+            optimizer,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="clean_accuracy")],
+            jit_compile=jit_compile,
+        )
+        return classifier
+    trainer = AdversarialTrainer(classifier, method=method, beta=None if method == "pgd" else beta, attack=attack,
+                                 eval_attack=eval_attack)
+    trainer.compile(optimizer, jit_compile=jit_compile)
+    return trainer
+
+
+def _callbacks(log_dir, backup_dir, extra_callbacks, svc):
+    """``fit``'s callbacks: backup first (an epoch is backed up, then logged), the logs, ``extra``, SVC, flush."""
+    fit_callbacks = [resume.AtomicBackupAndRestore(backup_dir)] if backup_dir else []
+    tensorboard = None
+    if log_dir:
+        tensorboard = keras.callbacks.TensorBoard(log_dir)
+        fit_callbacks += [tensorboard, callbacks.LayerNormLogger(log_dir, ords=(1, np.inf))]
+    fit_callbacks += list(extra_callbacks)
+    if svc is not None:
+        clip_to, every = svc
+        fit_callbacks.append(callbacks.SingularValueClipping(clip_to, every_n_steps=every))
+    if tensorboard is not None:
+        fit_callbacks.append(resume.FlushTensorBoard(tensorboard))
+    return fit_callbacks
+
+
 def training_attack(method, eps, step_size, steps, seed=None):
     """The reference training attack: PGD from ``x + 0.001 N``, KL loss for TRADES, CE otherwise."""
     loss = "kl" if method == "trades" else "ce"
     return attacks.PGD(eps, step_size, steps, loss=loss, random_start="normal", seed=seed)
 
 
-def evaluation_attacks(eps, steps=20, step_size=None, kind="pgd", seed=0, apgd_iter=100, n_target_classes=9):
-    """Evaluation attacks by name.
+EVALUATION_KINDS = ("pgd", "pgd_cw", "apgd")
 
-    ``kind="pgd"``: ``{"pgd<steps>": PGD}`` (uniform start, CE, final
-    iterate). ``kind="apgd"``: APGD-CE and APGD-T (Liang & Huang's reduced
-    AutoAttack; ``apgd_iter`` iterations each, 100 in the standard version,
-    ``n_target_classes`` targets for APGD-T) when :mod:`tfnorms.attacks`
-    provides ``APGD``; otherwise it falls back to PGD plus CW with a warning.
-    The returned names say which attacks ran.
+
+def evaluation_attacks(eps, steps=20, step_size=None, kind="pgd", seed=0, apgd_iter=100, n_target_classes=9):
+    """Evaluation attacks by name, for :func:`tfnorms.metrics.evaluate`.
+
+    Args:
+        eps: l_inf radius.
+        steps: PGD / CW steps.
+        step_size: PGD / CW step (``eps / 4`` if ``None``).
+        kind: ``"pgd"``: ``{"pgd<steps>": PGD}`` (uniform start, CE, final
+            iterate); ``"pgd_cw"``: that PGD and ``"cw<steps>"``, CW with the
+            same steps; ``"apgd"``: ``{"apgd-ce", "apgd-t"}``, Liang & Huang's
+            reduced AutoAttack.
+        seed: seed of every attack.
+        apgd_iter: iterations of APGD-CE and of APGD-T per target (100 in the standard AutoAttack).
+        n_target_classes: targets of APGD-T.
     """
-    step_size = step_size if step_size is not None else eps / 4
+    if kind not in EVALUATION_KINDS:
+        raise ValueError(
+            f"Invalid value for argument `kind`. Expected one of {EVALUATION_KINDS}. Received: kind={kind!r}"
+        )
     if kind == "apgd":
-        apgd = getattr(attacks, "APGD", None)
-        if apgd is not None:
-            try:
-                return {"apgd-ce": apgd(eps=eps, loss="ce", n_iter=apgd_iter, seed=seed),
-                        "apgd-t": apgd(eps=eps, loss="dlr", targeted=True, n_iter=apgd_iter,
+        return {"apgd-ce": attacks.APGD(eps=eps, loss="ce", n_iter=apgd_iter, seed=seed),
+                "apgd-t": attacks.APGD(eps=eps, loss="dlr", targeted=True, n_iter=apgd_iter,
                                        n_target_classes=n_target_classes, seed=seed)}
-            except TypeError as error:  # an APGD with another signature
-                warnings.warn(f"tfnorms.attacks.APGD could not be built ({error}); using PGD + CW.")
-        else:
-            warnings.warn("tfnorms.attacks has no APGD yet: robust accuracy uses PGD + CW (worst case).")
-        return {f"pgd{steps}": attacks.PGD(eps, step_size, steps, random_start="uniform", seed=seed),
-                f"cw{steps}": attacks.CW(eps, step_size, steps, seed=seed)}
-    if kind != "pgd":
-        raise ValueError(f"Invalid value for argument `kind`. Expected 'pgd' or 'apgd'. Received: kind={kind!r}")
-    return {f"pgd{steps}": attacks.PGD(eps, step_size, steps, random_start="uniform", seed=seed)}
+    step_size = step_size if step_size is not None else eps / 4
+    named = {f"pgd{steps}": attacks.PGD(eps, step_size, steps, random_start="uniform", seed=seed)}
+    if kind == "pgd_cw":
+        named[f"cw{steps}"] = attacks.CW(eps, step_size, steps, seed=seed)
+    return named
 
 
 def evaluate(classifier, dataset, attack_dict: Mapping[str, object], max_examples=None) -> Dict[str, float]:
@@ -213,7 +277,7 @@ def evaluate(classifier, dataset, attack_dict: Mapping[str, object], max_example
         ``{"clean_accuracy", "robust_accuracy", "stability", "examples",
         "<name>_robust_accuracy", "<name>_stability", ...}``.
     """
-    return metrics.evaluate(classifier, dataset, attack_dict, max_examples=max_examples).flat()
+    return metrics.evaluate(classifier, dataset, attacks=attack_dict, max_examples=max_examples).flat()
 
 
 def mean_local_lipschitz(classifier, dataset, eps, step_size, steps=10, max_examples=256, seed=0) -> float:
@@ -438,3 +502,116 @@ def plot_accuracies(rows: Sequence[Mapping], path, label_key="run", title=None):
     if title:
         ax.set_title(title)
     return _save(plt, fig, path)
+
+
+# -- the examples' shared flags and study outputs
+
+# Flags that several examples define: name -> (absl kind, help). Each script gives its own defaults.
+_SHARED_FLAGS = {
+    "dataset": ("enum", "Data set ('digits' is embedded and offline)."),
+    "data_dir": ("string", "tensorflow-datasets directory with pre-downloaded data."),
+    "image_size": ("integer", "Side of the upsampled images of the 'digits' data set."),
+    "model": ("enum", "Architecture."),
+    "depth": ("integer", "WideResNet depth (6n + 4)."),
+    "width": ("integer", "WideResNet widening factor (small_cnn: base width)."),
+    "beta": ("float", "Robust-term weight (TRADES beta / Wu et al.'s lambda); method default if unset."),
+    "eps": ("float", "l_inf radius of the training and evaluation attacks."),
+    "step_size": ("float", "Step size of the training attack."),
+    "attack_steps": ("integer", "Steps of the training attack."),
+    "eval_steps": ("integer", "Steps of the PGD / CW evaluation attacks."),
+    "eval_step_size": ("float", "Step size of the evaluation attacks (unset: eps / 4)."),
+    "attack": ("enum", "Evaluation attacks: apgd = APGD-CE + APGD-T (reduced AutoAttack); pgd = PGD."),
+    "apgd_iter": ("integer", "Iterations of APGD-CE and of APGD-T per target (100 in AutoAttack)."),
+    "train_examples": ("integer", "Use only this many training examples (0 = all)."),
+    "eval_examples": ("integer", "Test examples in the final evaluation; 0 = the whole test set."),
+    "eval_batch_size": ("integer", "Test batch size (large: fewer attack re-traces on CPU)."),
+    "epochs": ("integer", "Training epochs."),
+    "batch_size": ("integer", "Global batch size."),
+    "lr": ("float", "Initial SGD learning rate."),
+    "milestones": ("list", "1-based epochs where the learning rate is multiplied by 0.1."),
+    "lr_milestones": ("list", "1-based epochs where the learning rate is multiplied by 0.1."),
+    "weight_decay": ("float", "Coupled (PyTorch-style) L2 weight decay on all parameters."),
+    "norm_decay_momentum": ("float", "Liang & Huang's decaying memory of maximal groups (0.5 in the paper; 0 = off)."),
+    "svc_every": ("integer", "Clip singular values every N training steps."),
+    "output_dir": ("string", "Output directory."),
+    "seed": ("integer", "Random seed."),
+}
+
+
+def define_flags(flag_values=None, *, helps=None, **defaults):
+    """Defines the absl flags that the examples share, each with the calling script's default.
+
+    Each shared flag (its kind, choices and help) is written once here; a
+    script names the ones it uses with its own defaults, and replaces the help
+    of a flag whose meaning it narrows.
+
+    Args:
+        flag_values: an ``absl.flags.FlagValues`` (default: ``absl.flags.FLAGS``).
+        helps: ``{name: help}`` replacing the shared help of some of the flags.
+        **defaults: ``name=default`` for each shared flag to define.
+
+    Returns:
+        The names defined, in the order given.
+
+    Example:
+        >>> from absl import flags
+        >>> values = flags.FlagValues()
+        >>> define_flags(values, dataset="digits", milestones=["7"], eps=0.1)
+        ['dataset', 'milestones', 'eps']
+        >>> _ = values(["study", "--milestones=11,14"])
+        >>> values.dataset, values.milestones, values.eps
+        ('digits', ['11', '14'], 0.1)
+    """
+    from absl import flags  # local: only the example scripts parse flags
+    from tfnorms import data
+
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    unknown = sorted(set(defaults) - set(_SHARED_FLAGS))
+    if unknown:
+        raise ValueError(f"Invalid flag names {unknown}. Expected some of {sorted(_SHARED_FLAGS)}.")
+    choices = {"dataset": sorted(data.DATASETS), "model": list(CLASSIFIERS), "attack": ["apgd", "pgd"]}
+    # The flags belong to the calling script (named as absl names it), so that its --helpshort lists them.
+    caller = sys._getframe(1).f_globals.get("__name__")
+    module_name = sys.argv[0] if caller == "__main__" else caller
+    for name, default in defaults.items():
+        kind, help_text = _SHARED_FLAGS[name]
+        args = (name, default, choices[name]) if kind == "enum" else (name, default)
+        getattr(flags, f"DEFINE_{kind}")(*args, (helps or {}).get(name, help_text), flag_values=flag_values,
+                                         module_name=module_name)
+    return list(defaults)
+
+
+def study_data(flag_values):
+    """:func:`load_study_data` with a study's parsed flags (``dataset``, ``batch_size``, ..., ``seed``)."""
+    names = ("batch_size", "image_size", "data_dir", "train_examples", "eval_examples", "eval_batch_size", "seed")
+    return load_study_data(flag_values.dataset, **{name: getattr(flag_values, name) for name in names})
+
+
+def write_results(output_dir, report, header, rows, columns, plots=None):
+    """Writes a study's outputs into ``output_dir`` and prints its table and the files written.
+
+    Writes ``results.json`` (``report``), ``results.md`` (``header`` and the
+    Markdown table of ``rows``, see :func:`format_table`) and one figure per
+    entry of ``plots``.
+
+    Args:
+        output_dir: an existing directory.
+        report: the JSON payload (see :func:`write_json`).
+        header: text above the table (ends with its own blank line).
+        rows: table rows (dicts).
+        columns: the table's columns.
+        plots: ``{file name: function(path)}`` drawing each figure.
+
+    Returns:
+        ``report``.
+    """
+    plots = plots or {}
+    write_json(os.path.join(output_dir, "results.json"), report)
+    text = header + format_table(rows, columns)
+    with open(os.path.join(output_dir, "results.md"), "w") as f:
+        f.write(text + "\n")
+    print(text)
+    for name, plot in plots.items():
+        plot(os.path.join(output_dir, name))
+    print(f"wrote {output_dir}/" + ", ".join(["results.json", "results.md", *plots]))
+    return report
