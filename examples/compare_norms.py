@@ -38,35 +38,24 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tfnorms  # noqa: E402,F401  (registers the tfnorms objects for load_model)
-from tfnorms import data, experiments  # noqa: E402
+from tfnorms import experiments  # noqa: E402
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_enum("dataset", "digits", sorted(data.DATASETS), "Data set ('digits' is embedded and offline).")
-flags.DEFINE_string("data_dir", None, "tensorflow-datasets directory with pre-downloaded data.")
-flags.DEFINE_integer("image_size", 16, "Side of the upsampled 'digits' images.")
-flags.DEFINE_enum("model", "small_cnn", list(experiments.CLASSIFIERS), "Architecture.")
-flags.DEFINE_integer("width", 16, "small_cnn base width / WRN widening factor.")
-flags.DEFINE_integer("depth", 10, "WRN depth.")
+experiments.define_flags(
+    dataset="digits", data_dir=None, image_size=16, model="small_cnn", width=16, depth=10, beta=1.0, epochs=15,
+    batch_size=64, lr=0.05, milestones=["11", "14"], eps=0.1, step_size=0.025, attack_steps=5, attack="apgd",
+    eval_steps=20, apgd_iter=20, train_examples=0, eval_batch_size=512, eval_examples=0,
+    output_dir="runs/compare_norms", seed=0,
+    helps=dict(beta="TRADES / ALP beta (the paper's script: 1.0).",
+               eps="l_inf radius of the training attack (0.031 on CIFAR-10).",
+               eval_steps="Steps of PGD (--attack=pgd).",
+               eval_examples="Evaluate on this many test examples (0 = all; the paper: 1024).",
+               seed="Random seed (same initialisation for every method)."),
+)
 flags.DEFINE_list("methods", ["natural", "pgd", "trades", "alp"], "Training methods to compare.")
-flags.DEFINE_float("beta", 1.0, "TRADES / ALP beta (the paper's script: 1.0).")
 flags.DEFINE_list("models", [], "Saved .keras classifiers ('label=path' or 'path') instead of training.")
-flags.DEFINE_integer("epochs", 15, "Training epochs.")
-flags.DEFINE_integer("batch_size", 64, "Batch size.")
-flags.DEFINE_float("lr", 0.05, "Initial SGD learning rate.")
-flags.DEFINE_list("milestones", ["11", "14"], "1-based epochs where the learning rate is multiplied by 0.1.")
-flags.DEFINE_float("eps", 0.1, "l_inf radius of the training attack (0.031 on CIFAR-10).")
-flags.DEFINE_float("step_size", 0.025, "Training attack step.")
-flags.DEFINE_integer("attack_steps", 5, "Training attack steps.")
 flags.DEFINE_float("eval_eps", None, "l_inf radius of the evaluation (default --eps; the paper: 8/255).")
-flags.DEFINE_enum("attack", "apgd", ["apgd", "pgd"], "apgd = APGD-CE + APGD-T if available; pgd = PGD-20.")
-flags.DEFINE_integer("eval_steps", 20, "Steps of PGD (and of the PGD + CW fallback).")
-flags.DEFINE_integer("apgd_iter", 20, "Iterations of APGD-CE and of APGD-T per target (100 in AutoAttack).")
-flags.DEFINE_integer("train_examples", 0, "Use only this many training examples (0 = all).")
-flags.DEFINE_integer("eval_batch_size", 512, "Test batch size (large: fewer attack re-traces on CPU).")
-flags.DEFINE_integer("eval_examples", 0, "Evaluate on this many test examples (0 = all; the paper: 1024).")
-flags.DEFINE_string("output_dir", "runs/compare_norms", "Output directory.")
-flags.DEFINE_integer("seed", 0, "Random seed (same initialisation for every method).")
 
 
 def _saved_models():
@@ -95,50 +84,52 @@ def _trained_models(info, train_ds):
         yield method, classifier, dict(source=path, train_seconds=round(time.time() - start, 1))
 
 
+def _measure(label, classifier, test_ds, attack):
+    """The table row of one model: accuracies and statistics of its per-layer l1 norms; and those norms."""
+    row = experiments.evaluate(classifier, test_ds, attack)
+    norms = experiments.layer_norms(classifier, 1)
+    values = np.array(list(norms.values()))
+    row.update(model=label, layers=len(values), mean_l1=float(values.mean()), median_l1=float(np.median(values)),
+               max_l1=float(values.max()), log10_prod_l1=float(np.sum(np.log10(values))))
+    print(f"{label}: clean {row['clean_accuracy']:.4f} robust {row['robust_accuracy']:.4f} "
+          f"median l1 {row['median_l1']:.3f}", flush=True)
+    return row, norms
+
+
 def run():
     """Runs the comparison with the current FLAGS; returns the report dict."""
     os.makedirs(FLAGS.output_dir, exist_ok=True)
-    info, train_ds, test_ds = experiments.load_study_data(
-        FLAGS.dataset, batch_size=FLAGS.batch_size, image_size=FLAGS.image_size, data_dir=FLAGS.data_dir,
-        train_examples=FLAGS.train_examples, eval_examples=FLAGS.eval_examples,
-        eval_batch_size=FLAGS.eval_batch_size, seed=FLAGS.seed)
+    info, train_ds, test_ds = experiments.study_data(FLAGS)
     eval_eps = FLAGS.eval_eps if FLAGS.eval_eps is not None else FLAGS.eps
     attack = experiments.evaluation_attacks(eval_eps, FLAGS.eval_steps, kind=FLAGS.attack, apgd_iter=FLAGS.apgd_iter,
                                             n_target_classes=min(9, info.num_classes - 1))
     source = _saved_models() if FLAGS.models else _trained_models(info, train_ds)
     rows, norms_l1 = [], {}
     for label, classifier, extra in source:
-        row = experiments.evaluate(classifier, test_ds, attack)
-        norms_l1[label] = experiments.layer_norms(classifier, 1)
-        values = np.array(list(norms_l1[label].values()))
-        row.update(model=label, layers=len(values), mean_l1=float(values.mean()), median_l1=float(np.median(values)),
-                   max_l1=float(values.max()), log10_prod_l1=float(np.sum(np.log10(values))), **extra)
-        rows.append(row)
-        print(f"{label}: clean {row['clean_accuracy']:.4f} robust {row['robust_accuracy']:.4f} "
-              f"median l1 {row['median_l1']:.3f}", flush=True)
+        row, norms_l1[label] = _measure(label, classifier, test_ds, attack)
+        rows.append(dict(row, **extra))
 
     report = dict(study="compare_norms", dataset=FLAGS.dataset, model=FLAGS.model, eval_eps=eval_eps,
                   attacks=list(attack), runs=rows, layer_norms_l1=norms_l1)
-    experiments.write_json(os.path.join(FLAGS.output_dir, "results.json"), report)
-    columns = ["model", "clean_accuracy", "robust_accuracy", "layers", "mean_l1", "median_l1", "max_l1",
-               "log10_prod_l1"]
-    header = (f"Layer l1 norms: {FLAGS.dataset}, {FLAGS.model}; robust accuracy at eps {eval_eps:.4f} under "
-              f"{' + '.join(attack)} (worst case), {rows[0]['examples']} test examples\n\n")
-    table = experiments.format_table(rows, columns)
-    with open(os.path.join(FLAGS.output_dir, "results.md"), "w") as f:
-        f.write(header + table + "\n")
-    print(header + table)
     legend = {
         f"{r['model']} ({100 * r['clean_accuracy']:.1f}% | {100 * r['robust_accuracy']:.1f}%)": norms_l1[r["model"]]
         for r in rows
     }
-    experiments.plot_layer_norms(legend, os.path.join(FLAGS.output_dir, "layer_norms_l1.png"),
-                                 title=f"Per-layer l1 norms (clean | robust accuracy), {FLAGS.dataset}")
-    experiments.plot_norm_distributions({k: list(v.values()) for k, v in legend.items()},
-                                        os.path.join(FLAGS.output_dir, "norm_distribution.png"),
-                                        title="Distribution of layer l1 norms (clean | robust)")
-    print(f"wrote {FLAGS.output_dir}/results.json, results.md, layer_norms_l1.png, norm_distribution.png")
-    return report
+    return experiments.write_results(
+        FLAGS.output_dir, report,
+        header=(f"Layer l1 norms: {FLAGS.dataset}, {FLAGS.model}; robust accuracy at eps {eval_eps:.4f} under "
+                f"{' + '.join(attack)} (worst case), {rows[0]['examples']} test examples\n\n"),
+        rows=rows,
+        columns=["model", "clean_accuracy", "robust_accuracy", "layers", "mean_l1", "median_l1", "max_l1",
+                 "log10_prod_l1"],
+        plots={
+            "layer_norms_l1.png": lambda path: experiments.plot_layer_norms(
+                legend, path, title=f"Per-layer l1 norms (clean | robust accuracy), {FLAGS.dataset}"),
+            "norm_distribution.png": lambda path: experiments.plot_norm_distributions(
+                {k: list(v.values()) for k, v in legend.items()}, path,
+                title="Distribution of layer l1 norms (clean | robust)"),
+        },
+    )
 
 
 def main(argv):

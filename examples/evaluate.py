@@ -11,12 +11,12 @@ its outputs look like probabilities). The data come from ``tfnorms.data``
 
 Prints a table and writes a JSON report (``--output``; default next to the model):
 ``{"model", "dataset", "eps", "n_points", "results": {"clean_accuracy", "pgd20": {...},
-"cw20": {...}, "autoattack": <AutoAttack report>}}``.
+"cw20": {...}, "autoattack": <AutoAttack report>}, "robustness": <tfnorms.metrics.evaluate
+report of PGD and CW: per attack and worst case>}``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -26,24 +26,23 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tfnorms  # noqa: E402,F401  (registers the tfnorms Keras objects for loading)
-from tfnorms import attacks, data, metrics  # noqa: E402
+from tfnorms import attacks, data, experiments, metrics  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Path of the saved .keras classifier (logits, inputs in [0, 1]).", required=True)
-flags.DEFINE_enum("dataset", "digits", sorted(data.DATASETS), "Data set of tfnorms.data ('digits' is embedded).")
-flags.DEFINE_string("data_dir", None, "tensorflow-datasets directory with pre-downloaded data.")
-flags.DEFINE_integer("image_size", None, "Side of the 'digits' images (default: the model's input size).")
+experiments.define_flags(
+    dataset="digits", data_dir=None, image_size=None, eps=8 / 255, batch_size=256, seed=None,
+    helps=dict(image_size="Side of the 'digits' images (default: the model's input size).", eps="l_inf radius.",
+               batch_size="Batch size.", seed="Seed (default: drawn and recorded in the report)."),
+)
 flags.DEFINE_string("split", "test", "Split to evaluate.")
 flags.DEFINE_integer("examples", 0, "Number of points (the first ones of the split); 0 = all.")
-flags.DEFINE_float("eps", 8 / 255, "l_inf radius.")
 flags.DEFINE_integer("steps", 20, "Steps of PGD and CW.")
 flags.DEFINE_float("step_size", None, "Step size of PGD and CW (default eps / 4).")
 flags.DEFINE_enum("version", "standard", ["standard", "rand", "custom"], "AutoAttack version.")
 flags.DEFINE_list("attacks", None, "Attacks of --version=custom (apgd-ce, apgd-dlr, apgd-t, fab-t, square).")
 flags.DEFINE_integer("n_iter", 100, "Iterations of APGD / FAB (100 = standard).")
 flags.DEFINE_integer("n_queries", 5000, "Queries of Square (5000 = standard).")
-flags.DEFINE_integer("batch_size", 256, "Batch size.")
-flags.DEFINE_integer("seed", None, "Seed (default: drawn and recorded in the report).")
 flags.DEFINE_bool("autoattack", True, "Run AutoAttack (False: clean, PGD and CW only).")
 flags.DEFINE_string("output", None, "JSON report path (default: <model>.evaluation.json).")
 
@@ -69,54 +68,56 @@ def load_arrays(model):
 
 
 def evaluate(model, x, y):
-    """Returns ``{"clean_accuracy", "pgd<k>", "cw<k>", "autoattack"}`` for ``model`` on ``(x, y)``."""
-    step_size = FLAGS.step_size or FLAGS.eps / 4
+    """Evaluates ``model`` on ``(x, y)``; returns ``(RobustnessReport of PGD and CW, results dict)``.
+
+    The results are ``{"clean_accuracy", "pgd<k>": {"robust_accuracy",
+    "stability", "config"}, "cw<k>": {...}, "autoattack": <AutoAttack report>}``.
+    """
     seed = FLAGS.seed if FLAGS.seed is not None else int(np.random.default_rng().integers(2**31 - 1))
-    results = {}
-    for name, attack in (
-        (f"pgd{FLAGS.steps}", attacks.PGD(FLAGS.eps, step_size, FLAGS.steps, seed=seed)),
-        (f"cw{FLAGS.steps}", attacks.CW(FLAGS.eps, step_size, FLAGS.steps, seed=seed)),
-    ):
-        scores = metrics.evaluate_robustness(model, x, y, attack=attack, batch_size=FLAGS.batch_size)
-        results["clean_accuracy"] = scores["clean_accuracy"]
-        results[name] = {"robust_accuracy": scores["robust_accuracy"], "stability": scores["stability"],
-                         "config": attack.get_config()}
+    robustness = metrics.evaluate(
+        model, x, y, experiments.evaluation_attacks(FLAGS.eps, FLAGS.steps, FLAGS.step_size, kind="pgd_cw", seed=seed),
+        batch_size=FLAGS.batch_size)
+    results = {"clean_accuracy": robustness.clean_accuracy}
+    for name, scores in robustness.per_attack.items():
+        results[name] = dict(scores, config=robustness.attacks[name])
     if FLAGS.autoattack:
         auto = attacks.AutoAttack(
             FLAGS.eps, version=FLAGS.version, attacks=FLAGS.attacks if FLAGS.version == "custom" else None,
             seed=seed, batch_size=FLAGS.batch_size, n_iter=FLAGS.n_iter, n_queries=FLAGS.n_queries,
         )
         results["autoattack"] = auto.evaluate(model, x, y, dataset=FLAGS.dataset).report
-    return results
+    return robustness, results
 
 
 def print_table(report):
+    """Prints clean accuracy, robust accuracy per attack and worst case, then AutoAttack's."""
     results = report["results"]
     print(f"\n{report['model']} on {report['n_points']} {report['dataset']} points, l_inf eps={report['eps']:.5g}")
     print(f"{'evaluation':>24} {'accuracy':>10}")
     print(f"{'clean':>24} {results['clean_accuracy']:>10.2%}")
-    for name, value in results.items():
-        if name == "clean_accuracy":
-            continue
-        if name == "autoattack":
-            for attack, accuracy in value["robust_accuracy_per_attack"].items():
-                print(f"{'  after ' + attack:>24} {accuracy:>10.2%}")
-            print(f"{'AutoAttack (' + value['version'] + ')':>24} {value['robust_accuracy']:>10.2%}")
-            for flag in value["flags"]:
-                print(f"  FLAG: {flag}")
-        else:
-            print(f"{name:>24} {value['robust_accuracy']:>10.2%}")
+    robustness = report["robustness"]
+    for name, scores in robustness["per_attack"].items():
+        print(f"{name:>24} {scores['robust_accuracy']:>10.2%}")
+    print(f"{' + '.join(robustness['per_attack']) + ' (worst)':>24} {robustness['robust_accuracy']:>10.2%}")
+    if "autoattack" in results:
+        value = results["autoattack"]
+        for attack, accuracy in value["robust_accuracy_per_attack"].items():
+            print(f"{'  after ' + attack:>24} {accuracy:>10.2%}")
+        print(f"{'AutoAttack (' + value['version'] + ')':>24} {value['robust_accuracy']:>10.2%}")
+        for flag in value["flags"]:
+            print(f"  FLAG: {flag}")
 
 
 def main(argv):
     del argv
     model = keras.models.load_model(FLAGS.model, compile=False)
     x, y = load_arrays(model)
+    robustness, results = evaluate(model, x, y)
     report = {"model": os.path.basename(FLAGS.model), "model_path": FLAGS.model, "dataset": FLAGS.dataset,
-              "split": FLAGS.split, "eps": FLAGS.eps, "n_points": int(len(y)), "results": evaluate(model, x, y)}
+              "split": FLAGS.split, "eps": FLAGS.eps, "n_points": int(len(y)), "results": results,
+              "robustness": robustness.to_json()}
     output = FLAGS.output or os.path.splitext(FLAGS.model)[0] + ".evaluation.json"
-    with open(output, "w") as f:
-        json.dump(report, f, indent=2)
+    experiments.write_json(output, report)
     print_table(report)
     print(f"wrote {output}")
 

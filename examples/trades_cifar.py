@@ -17,6 +17,11 @@ layer-norm traces), a backup for resuming an interrupted run (rerun the same
 command), the trained classifier ``model.keras`` and ``evaluation.json``, and
 ``state.json``, the finished phases of the run (``tfnorms.resume``): a rerun
 never retrains or rewrites a finished model or evaluation.
+
+Training goes through ``tfnorms.experiments.train_classifier`` (the pipeline of
+the paper studies too) inside ``tfnorms.resume.train_once``; the final
+evaluation is one ``tfnorms.metrics.evaluate`` over PGD and CW (per attack and
+worst case per example).
 """
 
 from __future__ import annotations
@@ -27,56 +32,38 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import tfnorms  # noqa: E402
-from tfnorms import attacks, callbacks, data, experiments, metrics, optimization, regularizers, resume  # noqa: E402
+import tfnorms  # noqa: E402,F401  (registers the tfnorms Keras objects for loading)
+from tfnorms import attacks, data, experiments, metrics, resume  # noqa: E402
 
 FLAGS = flags.FLAGS
 _FLAGS_DEFINED_ELSEWHERE = frozenset(FLAGS)  # absl's own (see run_config)
 
-# Data and model.
-flags.DEFINE_enum("dataset", "cifar10", sorted(data.DATASETS), "Data set ('digits' is embedded and offline).")
-flags.DEFINE_string("data_dir", None, "tensorflow-datasets directory with pre-downloaded data.")
-flags.DEFINE_integer("image_size", 16, "Side of the upsampled images of the 'digits' data set.")
-flags.DEFINE_enum("model", "wrn", list(experiments.CLASSIFIERS), "Architecture.")
-flags.DEFINE_integer("depth", 34, "WideResNet depth (6n + 4).")
-flags.DEFINE_integer("width", 10, "WideResNet widening factor (small_cnn: base width).")
-# Adversarial training.
+# Data, model, adversarial training and optimisation: the flags shared with the other examples.
+experiments.define_flags(
+    dataset="cifar10", data_dir=None, image_size=16, model="wrn", depth=34, width=10, beta=None, eps=0.031,
+    step_size=0.007, attack_steps=10, eval_steps=20, eval_step_size=0.007, eval_examples=0, epochs=100,
+    batch_size=128, lr=0.1, lr_milestones=["75", "90", "100"], weight_decay=2e-4, norm_decay_momentum=0.0,
+    svc_every=100, seed=0,
+)
 flags.DEFINE_enum("method", "trades", ["pgd", "pgd_lambda", "trades", "mart", "alp", "natural"],
                   "Training method ('natural' = plain cross-entropy).")
-flags.DEFINE_float("beta", None, "Robust-term weight (TRADES beta / Wu et al.'s lambda); method default if unset.")
-flags.DEFINE_float("eps", 0.031, "l_inf radius of the training and evaluation attacks.")
-flags.DEFINE_float("step_size", 0.007, "Step size of the training attack.")
-flags.DEFINE_integer("attack_steps", 10, "Steps of the training attack.")
-flags.DEFINE_integer("eval_steps", 20, "Steps of the PGD / CW evaluation attacks.")
-flags.DEFINE_float("eval_step_size", 0.007, "Step size of the evaluation attacks.")
 flags.DEFINE_integer("val_examples", 1000, "Test examples evaluated (clean + PGD) after every epoch; 0 = none.")
-flags.DEFINE_integer("eval_examples", 0, "Test examples in the final evaluation; 0 = the whole test set.")
 flags.DEFINE_enum("final_eval", "pgd", ["pgd", "autoattack"],
                   "Final evaluation: PGD and CW only, or also AutoAttack (standard version; slow on CPU).")
 flags.DEFINE_bool("natural_twin", False, "Also train and evaluate a naturally trained twin.")
-# Optimisation.
-flags.DEFINE_integer("epochs", 100, "Training epochs.")
-flags.DEFINE_integer("batch_size", 128, "Global batch size.")
-flags.DEFINE_float("lr", 0.1, "Initial SGD learning rate.")
 flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-flags.DEFINE_list("lr_milestones", ["75", "90", "100"], "1-based epochs where the learning rate is multiplied by 0.1.")
-flags.DEFINE_float("weight_decay", 2e-4, "Coupled (PyTorch-style) L2 weight decay on all parameters.")
 # Norm control.
 flags.DEFINE_enum("norm_decay_ord", "none", ["none", "1", "inf", "both"], "Norm decay on Conv2D/Dense kernels.")
 flags.DEFINE_float("norm_decay_factor", 1e-4, "Norm decay strength beta.")
-flags.DEFINE_float("norm_decay_momentum", 0.0, "Liang & Huang's decaying memory of maximal groups (0.5 in the paper; 0 = off).")
 flags.DEFINE_float("svc_clip", 0.0, "Singular value clipping bound (0 = off).")
-flags.DEFINE_integer("svc_every", 100, "Clip singular values every N training steps.")
 # Performance and bookkeeping.
 flags.DEFINE_enum("precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"], "Keras dtype policy.")
 flags.DEFINE_bool("jit", False, "Compile the train step with XLA (measure first: slower on some CPUs).")
 flags.DEFINE_enum("distribution", "none", ["none", "mirrored", "multi_worker"],
                   "tf.distribute strategy: 'mirrored' = all local GPUs, 'multi_worker' = TF_CONFIG cluster.")
 flags.DEFINE_string("logdir", "runs/trades_cifar", "Output directory (TensorBoard, backup, model, evaluation).")
-flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_bool("quickstart", False,
                   "CPU-sized preset: digits, WRN-10-2, 8 epochs, eps 0.1, natural twin. Explicit flags override it.")
 
@@ -106,6 +93,7 @@ def apply_quickstart():
 
 
 def make_strategy(kind):
+    """The ``tf.distribute`` strategy of ``--distribution``."""
     if kind == "mirrored":
         return tf.distribute.MirroredStrategy()
     if kind == "multi_worker":
@@ -113,81 +101,52 @@ def make_strategy(kind):
     return tf.distribute.get_strategy()
 
 
-def add_norm_control(model):
-    """Norm decay regularizers on every Conv2D/Dense kernel, configured from the model."""
-    if FLAGS.norm_decay_ord == "none":
-        return
-    ords = {"1": 1, "inf": np.inf, "both": [1, np.inf]}[FLAGS.norm_decay_ord]
-    regularizers.add_norm_decay(model, FLAGS.norm_decay_factor, ord=ords)
-
-
-def make_optimizer(steps_per_epoch):
-    schedule = optimization.piecewise_learning_rate(
-        FLAGS.lr, steps_per_epoch, [int(m) for m in FLAGS.lr_milestones if int(m) <= FLAGS.epochs]
-    )
-    optimizer = keras.optimizers.SGD(schedule, momentum=FLAGS.momentum)
-    if FLAGS.norm_decay_ord != "none" and FLAGS.norm_decay_momentum > 0:
-        optimizer = regularizers.NormDecayMomentum(optimizer, momentum=FLAGS.norm_decay_momentum)
-    return optimizer
-
-
 def eval_attacks():
-    return {
-        f"pgd{FLAGS.eval_steps}": attacks.PGD(FLAGS.eps, FLAGS.eval_step_size, FLAGS.eval_steps, random_start="uniform", seed=FLAGS.seed),
-        f"cw{FLAGS.eval_steps}": attacks.CW(FLAGS.eps, FLAGS.eval_step_size, FLAGS.eval_steps, seed=FLAGS.seed),
-    }
+    """The final evaluation's attacks: PGD-k and CW-k (``--eval_steps``, ``--eval_step_size``)."""
+    return experiments.evaluation_attacks(FLAGS.eps, FLAGS.eval_steps, FLAGS.eval_step_size, kind="pgd_cw",
+                                          seed=FLAGS.seed)
+
+
+# --norm_decay_ord -> the ord of train_classifier's norm_decay (None: no norm decay).
+_NORM_DECAY_ORDS = {"none": None, "1": "l1", "inf": "linf", "both": "both"}
 
 
 def train(method, log_dir, train_ds, val_ds, info, strategy, extra_callbacks=()):
     """Trains one classifier with ``method``; returns it (resuming from ``log_dir/backup`` if interrupted)."""
-    steps_per_epoch = int(train_ds.cardinality())
     with strategy.scope():
         classifier = experiments.build_classifier(FLAGS.model, info, FLAGS.depth, FLAGS.width)
-        add_norm_control(classifier)
-        optimization.add_coupled_weight_decay(classifier, FLAGS.weight_decay)
-        if method == "natural":
-            model = classifier
-            model.compile(make_optimizer(steps_per_epoch),
-                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                          metrics=[keras.metrics.SparseCategoricalAccuracy(name="clean_accuracy")],
-                          jit_compile=FLAGS.jit)
-        else:
-            beta = FLAGS.beta if method != "pgd" else None
-            eval_attack = attacks.PGD(FLAGS.eps, FLAGS.eval_step_size, FLAGS.eval_steps, seed=FLAGS.seed)
-            attack = experiments.training_attack(method, FLAGS.eps, FLAGS.step_size, FLAGS.attack_steps)
-            model = tfnorms.AdversarialTrainer(
-                classifier, method=method, beta=beta, attack=attack, eval_attack=eval_attack
-            )
-            model.compile(make_optimizer(steps_per_epoch), jit_compile=FLAGS.jit)
-    tensorboard = keras.callbacks.TensorBoard(log_dir)
-    fit_callbacks = [
-        resume.AtomicBackupAndRestore(os.path.join(log_dir, "backup")),  # first: an epoch is backed up, then logged
-        tensorboard,
-        callbacks.LayerNormLogger(log_dir, ords=(1, np.inf)),
-        *extra_callbacks,
-    ]
-    if FLAGS.svc_clip > 0:
-        fit_callbacks.append(callbacks.SingularValueClipping(FLAGS.svc_clip, every_n_steps=FLAGS.svc_every))
-    fit_callbacks += [resume.FlushTensorBoard(tensorboard), *resume.fault_injection(method)]
-    # shuffle=False: the tf.data pipeline shuffles (Keras warns that it would ignore shuffle=True).
-    model.fit(train_ds, epochs=FLAGS.epochs, validation_data=val_ds, callbacks=fit_callbacks, verbose=2, shuffle=False)
+    ord = _NORM_DECAY_ORDS[FLAGS.norm_decay_ord]
+    experiments.train_classifier(
+        classifier, train_ds, method=method, epochs=FLAGS.epochs, lr=FLAGS.lr, momentum=FLAGS.momentum,
+        milestones=[int(m) for m in FLAGS.lr_milestones], weight_decay=FLAGS.weight_decay, beta=FLAGS.beta,
+        attack=experiments.training_attack(method, FLAGS.eps, FLAGS.step_size, FLAGS.attack_steps),
+        eval_attack=eval_attacks()[f"pgd{FLAGS.eval_steps}"],  # robust accuracy on the validation subset
+        norm_decay=(ord, FLAGS.norm_decay_factor) if ord else None, norm_decay_momentum=FLAGS.norm_decay_momentum,
+        svc=(FLAGS.svc_clip, FLAGS.svc_every) if FLAGS.svc_clip > 0 else None,
+        extra_callbacks=[*extra_callbacks, *resume.fault_injection(method)], validation_data=val_ds,
+        log_dir=log_dir, backup_dir=os.path.join(log_dir, "backup"), strategy=strategy, jit_compile=FLAGS.jit,
+        verbose=2,
+    )
     return classifier
 
 
 def evaluate(classifier, test_ds, phase="evaluation"):
-    """Clean accuracy, robust accuracy and stability under PGD and CW (and AutoAttack) on ``test_ds``."""
-    results = {}
-    for step, (name, attack) in enumerate(eval_attacks().items(), 1):
-        scores = metrics.evaluate_robustness(classifier, test_ds, attack=attack)
-        results["clean_accuracy"] = scores["clean_accuracy"]
-        results[f"{name}_robust_accuracy"] = scores["robust_accuracy"]
-        results[f"{name}_stability"] = scores["stability"]
-        resume.fault_point(f"{phase}:{step}")
+    """Clean accuracy, robust accuracy and stability under PGD and CW (and AutoAttack) on ``test_ds``.
+
+    Returns:
+        The :meth:`tfnorms.metrics.RobustnessReport.flat` row (worst case and
+        per attack, ``examples``), its full report under ``"robustness"``, and
+        with ``--final_eval=autoattack`` ``"autoattack_robust_accuracy"`` and
+        the AutoAttack report under ``"autoattack"``.
+    """
+    report = metrics.evaluate(classifier, test_ds, attacks=eval_attacks())
+    results = dict(report.flat(), robustness=report.to_json())
+    resume.fault_point(f"{phase}:1")
     if FLAGS.final_eval == "autoattack":
         evaluation = attacks.AutoAttack(FLAGS.eps, seed=FLAGS.seed).evaluate(classifier, test_ds, dataset=FLAGS.dataset)
         results["autoattack_robust_accuracy"] = evaluation.robust_accuracy
         results["autoattack"] = evaluation.report
-    results["examples"] = int(sum(int(tf.shape(y)[0]) for _, y in test_ds))
+        resume.fault_point(f"{phase}:2")
     return results
 
 
@@ -250,9 +209,10 @@ def write_report(report):
 
 
 def print_report(report):
+    """Prints one row per trained model: clean, worst-case and per-attack accuracy and stability."""
     keys = [k for k in next(iter(report["runs"].values())) if k.endswith(("accuracy", "stability"))]
     print(f"\nEvaluation on {next(iter(report['runs'].values()))['examples']} test examples "
-          f"({report['dataset']}, eps={report['eps']}):")
+          f"({report['dataset']}, eps={report['eps']}; robust_accuracy and stability: worst case over the attacks):")
     print(f"{'method':>10} " + " ".join(f"{k:>24}" for k in keys))
     for method, results in report["runs"].items():
         print(f"{method:>10} " + " ".join(f"{results[k]:>24.4f}" for k in keys))

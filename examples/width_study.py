@@ -36,31 +36,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 import keras  # noqa: E402
 
-from tfnorms import data, experiments  # noqa: E402
+from tfnorms import experiments  # noqa: E402
 from tfnorms.war import WidthAdjustedRegularization, reference_ratio  # noqa: E402
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_enum("dataset", "digits", sorted(data.DATASETS), "Data set ('digits' is embedded and offline).")
-flags.DEFINE_string("data_dir", None, "tensorflow-datasets directory with pre-downloaded data.")
-flags.DEFINE_integer("image_size", 16, "Side of the upsampled 'digits' images.")
-flags.DEFINE_integer("depth", 10, "WideResNet depth (6n + 4).")
+experiments.define_flags(
+    dataset="digits", data_dir=None, image_size=16, depth=10, beta=6.0, epochs=8, batch_size=64, lr=0.05,
+    milestones=["7"], weight_decay=5e-4, eps=0.1, step_size=0.025, attack_steps=5, eval_steps=20,
+    eval_step_size=None, train_examples=0, eval_batch_size=512, eval_examples=0, output_dir="runs/width_study",
+    seed=0,
+    helps=dict(beta="Fixed lambda, tuned on the narrow network.",
+               eps="l_inf radius of training and evaluation attacks (0.031 on CIFAR-10).",
+               eval_steps="PGD evaluation steps.",
+               seed="Random seed (same initialisation per width for both schedules)."),
+)
 flags.DEFINE_list("widths", ["1", "2", "4"], "Widening factors; the smallest is the tuned narrow network.")
 flags.DEFINE_enum("method", "trades", ["trades", "pgd_lambda", "mart", "alp"], "Training objective L_nat + lambda R.")
-flags.DEFINE_float("beta", 6.0, "Fixed lambda, tuned on the narrow network.")
-flags.DEFINE_integer("epochs", 8, "Training epochs.")
-flags.DEFINE_integer("batch_size", 64, "Batch size.")
-flags.DEFINE_float("lr", 0.05, "Initial SGD learning rate.")
-flags.DEFINE_list("milestones", ["7"], "1-based epochs where the learning rate is multiplied by 0.1.")
-flags.DEFINE_float("weight_decay", 5e-4, "Coupled L2 weight decay.")
-flags.DEFINE_float("eps", 0.1, "l_inf radius of training and evaluation attacks (0.031 on CIFAR-10).")
-flags.DEFINE_float("step_size", 0.025, "Training attack step.")
-flags.DEFINE_integer("attack_steps", 5, "Training attack steps.")
-flags.DEFINE_integer("eval_steps", 20, "PGD evaluation steps.")
-flags.DEFINE_float("eval_step_size", None, "PGD evaluation step (default eps / 4).")
-flags.DEFINE_integer("train_examples", 0, "Use only this many training examples (0 = all).")
-flags.DEFINE_integer("eval_batch_size", 512, "Test batch size (large: fewer attack re-traces on CPU).")
-flags.DEFINE_integer("eval_examples", 0, "Evaluate on this many test examples (0 = all).")
 flags.DEFINE_integer("lipschitz_examples", 256, "Test examples for the local-Lipschitz estimate.")
 flags.DEFINE_enum("war_reference", "per_epoch", ["per_epoch", "final"],
                   "Match the narrow run's ratio epoch by epoch, or its mean over the last half of training.")
@@ -69,8 +61,6 @@ flags.DEFINE_float("war_ema", 0.5, "EMA factor of the measured per-epoch average
 flags.DEFINE_float("war_max_factor", 4.0, "Upper bound of lambda as a multiple of --beta.")
 flags.DEFINE_integer("war_warmup_epochs", 1, "Epochs before the first lambda update.")
 flags.DEFINE_bool("war_enlarge_only", True, "Never decrease lambda.")
-flags.DEFINE_string("output_dir", "runs/width_study", "Output directory.")
-flags.DEFINE_integer("seed", 0, "Random seed (same initialisation per width for both schedules).")
 
 
 def _train_and_measure(width, info, train_ds, test_ds, extra_callbacks=()):
@@ -93,28 +83,28 @@ def _train_and_measure(width, info, train_ds, test_ds, extra_callbacks=()):
     return row, history
 
 
-def run():
-    """Runs the study with the current FLAGS; returns the report dict."""
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
-    info, train_ds, test_ds = experiments.load_study_data(
-        FLAGS.dataset, batch_size=FLAGS.batch_size, image_size=FLAGS.image_size, data_dir=FLAGS.data_dir,
-        train_examples=FLAGS.train_examples, eval_examples=FLAGS.eval_examples,
-        eval_batch_size=FLAGS.eval_batch_size, seed=FLAGS.seed)
-    widths = sorted({int(w) for w in FLAGS.widths})
-    fixed, war, histories = [], [], {}
-    narrow = widths[0]
-
-    row, history = _train_and_measure(narrow, info, train_ds, test_ds)
-    fixed.append(dict(row, schedule="fixed"))
-    histories[f"fixed_w{narrow}"] = history
+def _war_target(narrow, history):
+    """Writes the narrow run's ``reference_run.json``; returns ``(the ratio WAR matches, its source file)``."""
     summary_path = os.path.join(FLAGS.output_dir, "reference_run.json")
     experiments.write_json(summary_path, dict(width=narrow, depth=FLAGS.depth, method=FLAGS.method,
                                               beta=FLAGS.beta, history=history))
     source = FLAGS.reference_summary or summary_path
     if FLAGS.war_reference == "per_epoch":
-        target = reference_ratio(source, per_epoch=True)
-    else:
-        target = reference_ratio(source, last_epochs=max(1, len(reference_ratio(source, per_epoch=True)) // 2))
+        return reference_ratio(source, per_epoch=True), source
+    return reference_ratio(source, last_epochs=max(1, len(reference_ratio(source, per_epoch=True)) // 2)), source
+
+
+def run():
+    """Runs the study with the current FLAGS; returns the report dict."""
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    info, train_ds, test_ds = experiments.study_data(FLAGS)
+    widths = sorted({int(w) for w in FLAGS.widths})
+    fixed, war, histories = [], [], {}
+
+    row, history = _train_and_measure(widths[0], info, train_ds, test_ds)
+    fixed.append(dict(row, schedule="fixed"))
+    histories[f"fixed_w{widths[0]}"] = history
+    target, source = _war_target(widths[0], history)
     # The narrow network is the tuned reference: WAR on it reproduces the fixed run.
     war.append(dict(row, schedule="WAR (ratio-matching)", note="narrow reference: the fixed run by construction"))
 
@@ -136,23 +126,22 @@ def run():
         war_rule="ratio-matching lambda schedule after Wu et al. (not the paper's exact Algorithm 1)",
         fixed=fixed, war=war, histories=histories,
     )
-    experiments.write_json(os.path.join(FLAGS.output_dir, "results.json"), report)
-    columns = ["schedule", "width", "params", "final_lambda", "clean_accuracy", "robust_accuracy", "stability",
-               "local_lipschitz", "train_seconds"]
-    table = experiments.format_table(fixed + war[1:], columns)
-    header = (f"Width study: {FLAGS.dataset}, WRN-{FLAGS.depth}-w, {FLAGS.method}, lambda {FLAGS.beta}, "
-              f"eps {FLAGS.eps}, {FLAGS.epochs} epochs, {fixed[0]['examples']} test examples\n\n")
-    with open(os.path.join(FLAGS.output_dir, "results.md"), "w") as f:
-        f.write(header + table + "\n")
-    print(header + table)
-    experiments.plot_metrics_vs_width(
-        {"fixed lambda": fixed, "WAR (ratio-matching)": war}, os.path.join(FLAGS.output_dir, "width_study.png"),
-        title=f"{FLAGS.dataset}, WRN-{FLAGS.depth}-w, {FLAGS.method}")
     proposals = {f"war_w{row['width']}": [u["proposed_lambda"] for u in row["updates"]] for row in war[1:]}
-    experiments.plot_lambda_schedules(histories, os.path.join(FLAGS.output_dir, "war_lambda.png"), fixed=FLAGS.beta,
-                                      proposals=proposals)
-    print(f"wrote {FLAGS.output_dir}/results.json, results.md, width_study.png, war_lambda.png")
-    return report
+    return experiments.write_results(
+        FLAGS.output_dir, report,
+        header=(f"Width study: {FLAGS.dataset}, WRN-{FLAGS.depth}-w, {FLAGS.method}, lambda {FLAGS.beta}, "
+                f"eps {FLAGS.eps}, {FLAGS.epochs} epochs, {fixed[0]['examples']} test examples\n\n"),
+        rows=fixed + war[1:],
+        columns=["schedule", "width", "params", "final_lambda", "clean_accuracy", "robust_accuracy", "stability",
+                 "local_lipschitz", "train_seconds"],
+        plots={
+            "width_study.png": lambda path: experiments.plot_metrics_vs_width(
+                {"fixed lambda": fixed, "WAR (ratio-matching)": war}, path,
+                title=f"{FLAGS.dataset}, WRN-{FLAGS.depth}-w, {FLAGS.method}"),
+            "war_lambda.png": lambda path: experiments.plot_lambda_schedules(
+                histories, path, fixed=FLAGS.beta, proposals=proposals),
+        },
+    )
 
 
 def main(argv):

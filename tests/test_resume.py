@@ -32,8 +32,8 @@ TINY = [
     "--attack_steps=1", "--eval_steps=1", "--val_examples=0", "--eval_examples=128", "--lr_milestones=2",
     "--natural_twin",
 ]
-RESULT_KEYS = {"clean_accuracy", "pgd1_robust_accuracy", "pgd1_stability", "cw1_robust_accuracy", "cw1_stability",
-               "examples", "train_seconds", "model_path"}
+RESULT_KEYS = {"clean_accuracy", "robust_accuracy", "stability", "pgd1_robust_accuracy", "pgd1_stability",
+               "cw1_robust_accuracy", "cw1_stability", "examples", "robustness", "train_seconds", "model_path"}
 
 
 def run_killed(logdir, fault):
