@@ -90,7 +90,7 @@ def positive_int(value, name, minimum=1, allow_none=False):
     if value is None and allow_none:
         return None
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < minimum:
-        expected = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        expected = "a positive int (an int >= 1)" if minimum == 1 else f"an int >= {minimum}"
         raise invalid(name, expected + (", or None" if allow_none else ""), value)
     return int(value)
 
@@ -101,6 +101,15 @@ def update_freq(value, name="update_freq"):
         return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
         raise invalid(name, '"epoch" or a positive int', value)
+    return int(value)
+
+
+def integer(value, name, allow_none=False):
+    """Any ``int`` (NumPy integers included, bools not), e.g. a seed."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise invalid(name, "an int" + (" or None" if allow_none else ""), value)
     return int(value)
 
 

@@ -1,4 +1,4 @@
-"""Shared plumbing of the attacks: argument validation, labels, seeds, per-example rows.
+"""Shared plumbing of the attacks: labels, seeds, per-example rows (arguments are checked by ``tfnorms._args``).
 
 The restart loop itself (restarts / target classes re-running only the points
 still robust, as the reference does, docs/theory.md#apgd) is
@@ -7,20 +7,14 @@ are the helpers it and the attacks share.
 
 Example:
     >>> from tfnorms.attacks import _common
-    >>> _common.positive_float("eps", 0.03)
-    0.03
-    >>> _common.positive_int("steps", 0)
-    Traceback (most recent call last):
-    ...
-    ValueError: Invalid value for argument `steps`. Expected an int >= 1. Received: steps=0
+    >>> _common.subset_indices([True, False, True]).numpy().tolist()
+    [0, 2]
 """
 
 from __future__ import annotations
 
-import numbers
 import secrets
 
-import numpy as np
 import tensorflow as tf
 
 from tfnorms import _inputs
@@ -66,50 +60,6 @@ def broadcast(values: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
     for _ in range(like.shape.rank - 1):
         values = tf.expand_dims(values, -1)
     return values
-
-
-def positive_float(name, value, allow_zero=False):
-    """``value`` as a float, checked finite and > 0 (>= 0 with ``allow_zero``)."""
-    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not is_number or not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        expected = "a finite float >= 0" if allow_zero else "a finite float > 0"
-        raise ValueError(f"Invalid value for argument `{name}`. Expected {expected}. Received: {name}={value!r}")
-    return float(value)
-
-
-def boolean(name, value):
-    """``value`` as a bool, checked to be ``True`` or ``False``."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"Invalid value for argument `{name}`. Expected True or False. Received: {name}={value!r}")
-    return bool(value)
-
-
-def optional_seed(value):
-    """``None`` or ``value`` as an int (the ``seed`` argument of every attack)."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
-        raise ValueError(f"Invalid value for argument `seed`. Expected None or an int. Received: seed={value!r}")
-    return None if value is None else int(value)
-
-
-def positive_int(name, value, minimum=1):
-    """``value`` as an int, checked >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(
-            f"Invalid value for argument `{name}`. Expected an int >= {minimum}. Received: {name}={value!r}"
-        )
-    return int(value)
-
-
-def float_in(name, value, low, high, low_open=True, high_open=False):
-    """``value`` as a float, checked to lie in the interval from ``low`` to ``high`` (open or closed ends)."""
-    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    ok = is_number and np.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"Invalid value for argument `{name}`. Expected a float in {interval}. Received: {name}={value!r}")
-    return float(value)
 
 
 def subset_indices(still_robust: tf.Tensor) -> tf.Tensor:

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfnorms import _args
 from tfnorms.attacks import _common, base, loop, projections
 from tfnorms.attacks import losses as losses_lib
 from tfnorms.attacks import steps as steps_lib
@@ -50,7 +51,7 @@ def checkpoint_schedule(n_iter: int) -> List[int]:
         >>> checkpoint_schedule(10)
         [2, 3, 4, 5, 6, 7, 8, 9, 10]
     """
-    n_iter = _common.positive_int("n_iter", n_iter)
+    n_iter = _args.positive_int(n_iter, "n_iter")
     window = max(int(0.22 * n_iter), 1)
     decrease = max(int(0.03 * n_iter), 1)
     minimum = max(int(0.06 * n_iter), 1)
@@ -155,12 +156,12 @@ class APGD(base.RestartAttack):
         if loss not in _LOSSES:
             raise ValueError(f"Invalid value for argument `loss`. Expected one of 'ce', 'dlr'. Received: loss={loss!r}")
         self.loss = loss
-        self.targeted = _common.boolean("targeted", targeted)
-        self.n_iter = _common.positive_int("n_iter", n_iter)
+        self.targeted = _args.boolean(targeted, "targeted")
+        self.n_iter = _args.positive_int(n_iter, "n_iter")
         self.ord = projections.validate_ord(ord)
-        self.n_target_classes = _common.positive_int("n_target_classes", n_target_classes)
-        self.rho = _common.float_in("rho", rho, 0.0, 1.0, low_open=False)
-        self.eot_iter = _common.positive_int("eot_iter", eot_iter)
+        self.n_target_classes = _args.positive_int(n_target_classes, "n_target_classes")
+        self.rho = _args.number(rho, "rho", low=0.0, high=1.0, low_open=False)
+        self.eot_iter = _args.positive_int(eot_iter, "eot_iter")
 
     @property
     def name(self) -> str:

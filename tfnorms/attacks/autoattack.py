@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfnorms import _inputs
+from tfnorms import _args
 from tfnorms.attacks import _common, base, losses, projections
 from tfnorms.attacks.apgd import APGD
 from tfnorms.attacks.fab import FAB
@@ -236,7 +237,7 @@ class AutoAttack(base.Attack):
         n_queries=5000,
         verbose=1,
     ):
-        self.eps = _common.positive_float("eps", eps)
+        self.eps = _args.positive(eps, "eps")
         if version not in VERSIONS:
             raise ValueError(
                 f"Invalid value for argument `version`. Expected one of 'standard', 'rand', 'custom'. "
@@ -244,10 +245,10 @@ class AutoAttack(base.Attack):
             )
         self.version = version
         self.attacks = _checked_attacks(version, attacks)
-        self.seed = _common.optional_seed(seed)
-        self.batch_size = _common.positive_int("batch_size", batch_size)
-        self.n_iter = _common.positive_int("n_iter", n_iter)
-        self.n_queries = _common.positive_int("n_queries", n_queries)
+        self.seed = _args.integer(seed, "seed", allow_none=True)
+        self.batch_size = _args.positive_int(batch_size, "batch_size")
+        self.n_iter = _args.positive_int(n_iter, "n_iter")
+        self.n_queries = _args.positive_int(n_queries, "n_queries")
         if verbose not in (0, 1, 2, True, False):
             raise ValueError(f"Invalid value for argument `verbose`. Expected 0, 1 or 2. Received: verbose={verbose!r}")
         self.verbose = int(verbose)

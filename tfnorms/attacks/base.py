@@ -43,6 +43,7 @@ from typing import Dict, NamedTuple, Optional
 import keras
 import tensorflow as tf
 
+from tfnorms import _args
 from tfnorms.attacks import _common
 
 
@@ -199,9 +200,9 @@ class RestartAttack(Attack):
     n_target_classes: int = 0
 
     def __init__(self, eps, *, n_restarts, seed):
-        self.eps = _common.positive_float("eps", eps)
-        self.n_restarts = _common.positive_int("n_restarts", n_restarts)
-        self.seed = _common.optional_seed(seed)
+        self.eps = _args.positive(eps, "eps")
+        self.n_restarts = _args.positive_int(n_restarts, "n_restarts")
+        self.seed = _args.integer(seed, "seed", allow_none=True)
         self._compiled = None
 
     def target_classes(self, num_classes: int) -> int:

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
+from tfnorms import _args
 from tfnorms.attacks import _common, base, loop
 
 _NO_SUCCESS = 1e10
@@ -144,10 +145,10 @@ class FAB(base.RestartAttack):
         seed=None, beta=None,
     ):
         super().__init__(eps, n_restarts=n_restarts, seed=seed)
-        self.n_target_classes = _common.positive_int("n_target_classes", n_target_classes)
-        self.n_iter = _common.positive_int("n_iter", n_iter)
-        self.alpha_max = _common.float_in("alpha_max", alpha_max, 0.0, 1.0, low_open=False)
-        self.eta = _common.float_in("eta", eta, 0.0, 10.0)
+        self.n_target_classes = _args.positive_int(n_target_classes, "n_target_classes")
+        self.n_iter = _args.positive_int(n_iter, "n_iter")
+        self.alpha_max = _args.number(alpha_max, "alpha_max", low=0.0, high=1.0, low_open=False)
+        self.eta = _args.number(eta, "eta", low=0.0, high=10.0, low_open=True)
         if beta is not None:
             if backward_step != 0.9:
                 raise ValueError(
@@ -159,7 +160,7 @@ class FAB(base.RestartAttack):
                 "`beta` will be removed.", DeprecationWarning, stacklevel=2,
             )
             backward_step = beta
-        self.backward_step = _common.float_in("backward_step", backward_step, 0.0, 1.0)
+        self.backward_step = _args.number(backward_step, "backward_step", low=0.0, high=1.0, low_open=True)
 
     def _single_run(self, model, x, labels, targets, seed, start_radius):
         """One run on all points from ``x`` + a random point at l_inf radius ``start_radius`` (``[batch]``).

@@ -27,7 +27,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfnorms import _inputs
-from tfnorms.attacks import _common, base, loop, projections
+from tfnorms import _args
+from tfnorms.attacks import base, loop, projections
 from tfnorms.attacks import losses as losses_lib
 from tfnorms.attacks import starts as starts_lib
 from tfnorms.attacks import steps as steps_lib
@@ -98,17 +99,17 @@ class PGD(base.Attack):
         stop_at_misclassification=False,
         seed=None,
     ):
-        self.eps = _common.positive_float("eps", eps)
-        self.step_size = _common.positive_float("step_size", step_size)
-        self.steps = _common.positive_int("steps", steps)
+        self.eps = _args.positive(eps, "eps")
+        self.step_size = _args.positive(step_size, "step_size")
+        self.steps = _args.positive_int(steps, "steps")
         self.ord = projections.validate_ord(ord)
         self.loss = loss
         self.loss_fn = losses_lib.get(loss)
         starts_lib.get(random_start)
         self.random_start = random_start
-        self.training = _common.boolean("training", training)
-        self.stop_at_misclassification = _common.boolean("stop_at_misclassification", stop_at_misclassification)
-        self.seed = _common.optional_seed(seed)
+        self.training = _args.boolean(training, "training")
+        self.stop_at_misclassification = _args.boolean(stop_at_misclassification, "stop_at_misclassification")
+        self.seed = _args.integer(seed, "seed", allow_none=True)
         self._eager_function = None
 
     @property
@@ -231,7 +232,7 @@ class CW(PGD):
 
     def __init__(self, eps, step_size, steps, *, confidence=0.0, **options):
         _reject_fixed("CW", options, ("loss",))
-        self.confidence = _common.positive_float("confidence", confidence, allow_zero=True)
+        self.confidence = _args.nonnegative(confidence, "confidence")
         super().__init__(eps, step_size, steps, loss="cw", **options)
         self.loss_fn = functools.partial(losses_lib.cw_margin, confidence=self.confidence)
 

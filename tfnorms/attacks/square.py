@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfnorms import _args
 from tfnorms.attacks import _common, base, losses, projections
 
 _HALVING_AFTER = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -89,8 +90,8 @@ class Square(base.RestartAttack):
 
     def __init__(self, eps, *, n_queries=5000, p_init=0.8, n_restarts=1, seed=None):
         super().__init__(eps, n_restarts=n_restarts, seed=seed)
-        self.n_queries = _common.positive_int("n_queries", n_queries)
-        self.p_init = _common.float_in("p_init", p_init, 0.0, 1.0)
+        self.n_queries = _args.positive_int(n_queries, "n_queries")
+        self.p_init = _args.number(p_init, "p_init", low=0.0, high=1.0, low_open=True)
 
     def _single_run(self, model, x, labels, seed):
         if x.shape.rank != 4 or None in x.shape[1:]:
