@@ -281,13 +281,12 @@ def describe(layer, variable):
     return f"weight {variable.path!r} of layer {layer.name!r} ({type(layer).__name__})"
 
 
-def require_kernel(obj, layer, variable, dense=True):
-    """Raises unless ``variable`` is the kernel of a Conv2D, DepthwiseConv2D (or, with ``dense``, Dense) layer."""
-    allowed = CONV_LAYERS + ((keras.layers.Dense,) if dense else ())
-    if not (isinstance(layer, allowed) and variable is getattr(layer, "kernel", None)):
-        kinds = "Conv2D, DepthwiseConv2D and Dense" if dense else "Conv2D and DepthwiseConv2D"
+def require_kernel(obj, layer, variable):
+    """Raises unless ``variable`` is the kernel of a Conv2D, DepthwiseConv2D or Dense layer."""
+    if not (isinstance(layer, CONV_LAYERS + (keras.layers.Dense,)) and variable is getattr(layer, "kernel", None)):
         raise ValueError(
-            f"{type(obj).__name__} on {describe(layer, variable)}: supported are {kinds} kernels."
+            f"{type(obj).__name__} on {describe(layer, variable)}: supported are Conv2D, DepthwiseConv2D "
+            "and Dense kernels."
         )
 
 

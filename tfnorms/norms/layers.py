@@ -41,11 +41,6 @@ def is_supported(layer) -> bool:
     return isinstance(layer, SUPPORTED_LAYERS)
 
 
-def _first_shape(layer):
-    """The input shape the layer was built with, or ``None``."""
-    return _keras.built_input_shape(layer)
-
-
 def _spatial(shape, data_format) -> Tuple[Optional[int], Optional[int]]:
     if shape is None or len(shape) != 4:
         return (None, None)
@@ -86,7 +81,7 @@ def conv_geometry(layer, input_shape=None, fold_padding=True):
     padder = _preceding_zero_padding(layer) if fold_padding and input_shape is None else None
     if input_shape is None:
         source = padder if padder is not None else layer
-        input_shape = _spatial(_first_shape(source), layer.data_format)
+        input_shape = _spatial(_keras.built_input_shape(source), layer.data_format)
     elif padder is None:
         input_shape = tuple(input_shape)
     if padder is not None:
@@ -100,7 +95,7 @@ def conv_geometry(layer, input_shape=None, fold_padding=True):
             before, after, _ = geometry.axis_padding(n + sum(zero_pad), k, s, d, padding)
             per_axis.append((zero_pad[0] + before, zero_pad[1] + after))
         if per_axis is None:  # unknown size: fall back to the layer on its own input
-            input_shape = _spatial(_first_shape(layer), layer.data_format)
+            input_shape = _spatial(_keras.built_input_shape(layer), layer.data_format)
         else:
             padding = tuple(per_axis)
     return dict(
