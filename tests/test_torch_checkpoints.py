@@ -7,6 +7,7 @@ the Keras model must return the same logits (1e-4) on random inputs, both in
 inference mode. Tests that need PyTorch skip with the reason when it is absent.
 """
 
+import importlib.abc
 import json
 import pathlib
 import subprocess
@@ -208,8 +209,18 @@ def test_wrong_architecture_and_wrong_configuration_are_errors(checkpoint, wrn_s
         models.load_torch_weights(models.small_cnn(), wrn_state)
 
 
+class HideTorch(importlib.abc.MetaPathFinder):
+    """An import hook under which ``import torch`` fails as if PyTorch were not installed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)")
+        # other modules: no spec, so the next finder looks for them
+
+
 def test_numpy_state_dicts_need_no_torch_and_files_name_the_extra(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    monkeypatch.setattr(sys, "meta_path", [HideTorch(), *sys.meta_path])
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
     model = models.wide_resnet(10, 1)
     state = {key: np.zeros(tuple(reversed(w.shape)) if w.ndim == 2 else w.shape, "float32")
              for key, w in zip(("fc.weight", "fc.bias"), model.get_layer("logits").weights)}

@@ -298,8 +298,8 @@ def _strip_prefixes(arrays):
 def _check_normalization(model, arrays):
     """The checkpoint's ``normalize.mean`` / ``normalize.std`` equal the model's Normalization layer."""
     layer = next(layer for layer in model.layers if isinstance(layer, keras.layers.Normalization))
-    mean = np.reshape(keras.ops.convert_to_numpy(layer.mean), -1)
-    std = np.sqrt(np.reshape(keras.ops.convert_to_numpy(layer.variance), -1))
+    config = layer.get_config()
+    mean, std = np.reshape(config["mean"], -1), np.sqrt(np.reshape(config["variance"], -1))
     got_mean, got_std = (np.reshape(arrays[key], -1) for key in _NORMALIZE_KEYS)
     if got_mean.shape != mean.shape or got_std.shape != std.shape or not (
             np.allclose(got_mean, mean, rtol=1e-5, atol=1e-6) and np.allclose(got_std, std, rtol=1e-5, atol=1e-6)):
