@@ -132,6 +132,9 @@ def test_dataparallel_prefix_and_robustbench_normalization(torch, tm, tmp_path):
     np.testing.assert_allclose(model(x, training=False).numpy(), torch_logits(torch, net, x), rtol=0, atol=1e-4)
     np.testing.assert_allclose(model.get_layer("normalize")(x).numpy(), (x - np.array(mean)) / np.array(std),
                                rtol=1e-5, atol=1e-5)
+    model.save(tmp_path / "converted.keras")  # the converted model is an ordinary Keras model from now on
+    reloaded = models.load_classifier(tmp_path / "converted.keras")
+    np.testing.assert_array_equal(reloaded(x, training=False).numpy(), model(x, training=False).numpy())
 
     report = models.load_torch_weights(models.wide_resnet(10, 2, normalization=(mean, std)), path)
     assert report.prefixes_removed == ["module.", "model."]
