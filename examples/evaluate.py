@@ -1,13 +1,18 @@
-"""Evaluates a saved ``.keras`` classifier: clean accuracy, PGD-k, CW-k and AutoAttack.
+"""Evaluates a saved classifier (``.keras``, or a PyTorch checkpoint): clean accuracy, PGD-k, CW-k and AutoAttack.
 
 The model must take images in [0, 1] and return logits (AutoAttack warns when
-its outputs look like probabilities). The data come from ``tfnorms.data``
-(default: the embedded, offline ``digits``).
+its outputs look like probabilities). A PyTorch ``.pt`` / ``.pth`` checkpoint
+of a :mod:`tfnorms.models` architecture loads with ``--architecture`` (and
+``--depth`` / ``--width`` for the WideResNet, ``--mean`` / ``--std`` if its
+input normalization is not in the checkpoint); see docs/pytorch.md#evaluate-trades.
+The data come from ``tfnorms.data`` (default: the embedded, offline ``digits``).
 
     python examples/evaluate.py --model=runs/quickstart/model.keras --eps=0.1
     python examples/evaluate.py --model=wrn.keras --dataset=cifar10 --data_dir=~/tensorflow_datasets \\
         --eps=0.031 --examples=1000
     python examples/evaluate.py --model=m.keras --version=custom --attacks=apgd-ce,apgd-t   # faster, weaker
+    python examples/evaluate.py --model=model_cifar_wrn.pt --architecture=wide_resnet --depth=34 --width=10 \\
+        --dataset=cifar10 --data_dir=~/tensorflow_datasets --eps=0.031      # the TRADES release
 
 Prints a table and writes a JSON report (``--output``; default next to the model):
 ``{"model", "dataset", "eps", "n_points", "results": {"clean_accuracy", "pgd20": {...},
@@ -21,20 +26,27 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 import tfnorms  # noqa: E402,F401  (registers the tfnorms Keras objects for loading)
-from tfnorms import attacks, data, experiments, metrics  # noqa: E402
+from tfnorms import attacks, data, experiments, metrics, models  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "Path of the saved .keras classifier (logits, inputs in [0, 1]).", required=True)
+flags.DEFINE_string("model", None, "Path of the classifier (logits, inputs in [0, 1]): a saved .keras model, or a "
+                    "PyTorch .pt / .pth checkpoint with --architecture.", required=True)
+flags.DEFINE_enum("architecture", None, list(models.TORCH_ARCHITECTURES),
+                  "Architecture of a PyTorch checkpoint (a tfnorms.models builder); unset for .keras.")
 experiments.define_flags(
-    dataset="digits", data_dir=None, image_size=None, eps=8 / 255, batch_size=256, seed=None,
+    dataset="digits", data_dir=None, image_size=None, eps=8 / 255, batch_size=256, seed=None, depth=34, width=10,
     helps=dict(image_size="Side of the 'digits' images (default: the model's input size).", eps="l_inf radius.",
-               batch_size="Batch size.", seed="Seed (default: drawn and recorded in the report)."),
+               batch_size="Batch size.", seed="Seed (default: drawn and recorded in the report).",
+               depth="WideResNet depth of a --architecture=wide_resnet checkpoint.",
+               width="WideResNet widening factor of a --architecture=wide_resnet checkpoint."),
 )
+flags.DEFINE_list("mean", None, "Per-channel input mean of a PyTorch checkpoint's normalization, with --std "
+                  "(unset: none, or the checkpoint's normalize.mean).")
+flags.DEFINE_list("std", None, "Per-channel input std of a PyTorch checkpoint's normalization, with --mean.")
 flags.DEFINE_string("split", "test", "Split to evaluate.")
 flags.DEFINE_integer("examples", 0, "Number of points (the first ones of the split); 0 = all.")
 flags.DEFINE_integer("steps", 20, "Steps of PGD and CW.")
@@ -45,6 +57,30 @@ flags.DEFINE_integer("n_iter", 100, "Iterations of APGD / FAB (100 = standard)."
 flags.DEFINE_integer("n_queries", 5000, "Queries of Square (5000 = standard).")
 flags.DEFINE_bool("autoattack", True, "Run AutoAttack (False: clean, PGD and CW only).")
 flags.DEFINE_string("output", None, "JSON report path (default: <model>.evaluation.json).")
+
+
+def load_model():
+    """The classifier of ``--model`` through ``tfnorms.models.load_classifier``.
+
+    For a PyTorch checkpoint the builder gets the data set's classes and image
+    shape, ``--depth`` / ``--width`` (WideResNet) and ``--mean`` / ``--std``.
+    """
+    torch_only = [f"--{name}" for name in ("architecture", "depth", "width", "mean", "std") if FLAGS[name].present]
+    if FLAGS.architecture is None:
+        if torch_only:
+            raise app.UsageError(f"{', '.join(torch_only)} apply to a PyTorch checkpoint with --architecture.")
+        return models.load_classifier(FLAGS.model)
+    if FLAGS.architecture != "wide_resnet" and (FLAGS["depth"].present or FLAGS["width"].present):
+        raise app.UsageError("--depth and --width apply to --architecture=wide_resnet only.")
+    if (FLAGS.mean is None) != (FLAGS.std is None):
+        raise app.UsageError("--mean and --std go together.")
+    info = data.dataset_info(FLAGS.dataset, FLAGS.image_size if FLAGS.dataset == "digits" else None)
+    kwargs = {"num_classes": info.num_classes, "input_shape": info.image_shape}
+    if FLAGS.architecture == "wide_resnet":
+        kwargs.update(depth=FLAGS.depth, width=FLAGS.width)
+    if FLAGS.mean is not None:
+        kwargs["normalization"] = ([float(v) for v in FLAGS.mean], [float(v) for v in FLAGS.std])
+    return models.load_classifier(FLAGS.model, FLAGS.architecture, **kwargs)
 
 
 def load_arrays(model):
@@ -110,10 +146,11 @@ def print_table(report):
 
 def main(argv):
     del argv
-    model = keras.models.load_model(FLAGS.model, compile=False)
+    model = load_model()
     x, y = load_arrays(model)
     robustness, results = evaluate(model, x, y)
-    report = {"model": os.path.basename(FLAGS.model), "model_path": FLAGS.model, "dataset": FLAGS.dataset,
+    report = {"model": os.path.basename(FLAGS.model), "model_path": FLAGS.model, "architecture": FLAGS.architecture,
+              "dataset": FLAGS.dataset,
               "split": FLAGS.split, "eps": FLAGS.eps, "n_points": int(len(y)), "results": results,
               "robustness": robustness.to_json()}
     output = FLAGS.output or os.path.splitext(FLAGS.model)[0] + ".evaluation.json"

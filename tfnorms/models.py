@@ -1,5 +1,9 @@
 """Reference CNNs: TRADES-style WideResNet, PreAct-ResNet-18, Liang & Huang's four models, a small CNN.
 
+PyTorch checkpoints of all but the small CNN load with :func:`load_torch_weights`
+(docs/pytorch.md#using-pytorch-checkpoints); :func:`load_classifier` is the one
+loader of a saved classifier, ``.keras`` or PyTorch.
+
 All models take images in [0, 1] and return logits. Layers follow the PyTorch
 reference code (docs/theory.md#reference-models) so that parameter counts, layer norms and
 results compare with the papers: BatchNorm ``epsilon=1e-5, momentum=0.9``
@@ -15,11 +19,22 @@ initialisation, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for kernels and biases.
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence
 
 import keras
 
 from tfnorms import _args
+from tfnorms.checkpoints import (
+    ARCHITECTURES,
+    TORCH_EXTENSIONS,
+    TorchLoadReport,
+    load_torch_weights,
+    read_state_dict,
+)
+
+__all__ = ["TORCH_ARCHITECTURES", "TorchLoadReport", "load_classifier", "load_torch_weights", "preact_resnet18",
+           "regnetx_200mf", "resnet18", "senet18", "small_cnn", "vgg11", "wide_resnet"]
 _BN_KWARGS = dict(epsilon=1e-5, momentum=0.9)
 
 
@@ -405,3 +420,60 @@ def _classifier_head(inputs, x, num_classes, name):
     x = _bn(x, "final", relu=True)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inputs, _dense_logits(x, num_classes), name=name)
+
+
+TORCH_ARCHITECTURES = ARCHITECTURES
+"""Builders of this module whose PyTorch checkpoints :func:`load_torch_weights` maps."""
+
+
+def load_classifier(path, architecture: Optional[str] = None, **builder_kwargs) -> keras.Model:
+    """Loads a classifier for evaluation: a saved ``.keras`` model, or a PyTorch checkpoint.
+
+    A ``.keras`` file is read with ``keras.saving.load_model(path,
+    compile=False)``. A ``.pt`` / ``.pth`` file (needs PyTorch: ``pip install
+    "tfnorms[torch]"``) is loaded strictly with :func:`load_torch_weights`
+    into ``architecture(**builder_kwargs)``; if the checkpoint carries
+    RobustBench's ``normalize.mean`` / ``normalize.std`` and
+    ``builder_kwargs`` has no ``normalization``, the model is built with that
+    normalization (so it still takes images in [0, 1]).
+
+    Args:
+        path: a ``.keras``, ``.pt`` or ``.pth`` file.
+        architecture: for a PyTorch checkpoint, one of :data:`TORCH_ARCHITECTURES`
+            (the builders of this module); None for a ``.keras`` file.
+        **builder_kwargs: arguments of the builder for a PyTorch checkpoint,
+            e.g. ``depth=34, width=10`` for ``"wide_resnet"``, ``num_classes``,
+            ``input_shape``, ``normalization=(mean, std)``.
+
+    Returns:
+        A ``keras.Model`` returning logits (uncompiled).
+
+    Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "tiny.keras")
+        >>> small_cnn(input_shape=(8, 8, 1), width=4).save(path)
+        >>> load_classifier(path).name
+        'small_cnn'
+    """
+    extension = os.path.splitext(os.fspath(path))[1].lower()
+    if extension not in (".keras",) + TORCH_EXTENSIONS:
+        raise _args.invalid("path", "a .keras, .pt or .pth file", os.fspath(path))
+    if extension == ".keras":
+        if architecture is not None:
+            raise _args.invalid("architecture", "None for a .keras file (it stores its own architecture)",
+                                architecture)
+        if builder_kwargs:
+            raise _args.invalid("builder_kwargs", "none for a .keras file (it stores its own architecture)",
+                                builder_kwargs)
+        return keras.saving.load_model(path, compile=False)
+    if architecture is None:
+        raise _args.invalid("architecture", f"one of {', '.join(map(repr, TORCH_ARCHITECTURES))} for the PyTorch "
+                            f"checkpoint {os.fspath(path)!r}", architecture)
+    _args.choice(architecture, "architecture", TORCH_ARCHITECTURES)
+    state_dict = read_state_dict(path)
+    stats = [state_dict.get(key, state_dict.get(f"module.{key}")) for key in ("normalize.mean", "normalize.std")]
+    if "normalization" not in builder_kwargs and all(value is not None for value in stats):
+        builder_kwargs["normalization"] = tuple(tuple(float(v) for v in value.reshape(-1)) for value in stats)
+    model = globals()[architecture](**builder_kwargs)  # the builder of this module with that name
+    load_torch_weights(model, state_dict)
+    return model
