@@ -25,3 +25,12 @@ def test_readme_lists_every_flag_of_the_main_example(trades_cifar):
     readme = (root / "README.md").read_text()
     missing = [name for name in flags if f"`--{name}`" not in readme]
     assert not missing, f"flags missing from the README: {missing}"
+
+
+def test_ci_runs_the_readmes_test_command():
+    root = pathlib.Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    command = re.search(r"Tests \(.*?```bash\n(.*?)\n```", readme, re.S).group(1)
+    ci = (root / ".ci" / "run").read_text()
+    steps = [step.strip() for step in command.split("&&")][2:]  # after creating and activating the venv
+    assert steps and all(step in ci for step in steps), (steps, ci)
