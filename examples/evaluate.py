@@ -12,7 +12,8 @@ its outputs look like probabilities). The data come from ``tfnorms.data``
 Prints a table and writes a JSON report (``--output``; default next to the model):
 ``{"model", "dataset", "eps", "n_points", "results": {"clean_accuracy", "pgd20": {...},
 "cw20": {...}, "autoattack": <AutoAttack report>}, "robustness": <tfnorms.metrics.evaluate
-report of PGD and CW: per attack and worst case>}``.
+report of PGD and CW: per attack and worst case>}`` (``tfnorms.experiments.robustness_report``;
+the ``tfnorms evaluate`` command writes the same report).
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 import tfnorms  # noqa: E402,F401  (registers the tfnorms Keras objects for loading)
-from tfnorms import attacks, data, experiments, metrics  # noqa: E402
+from tfnorms import experiments  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Path of the saved .keras classifier (logits, inputs in [0, 1]).", required=True)
@@ -47,78 +47,21 @@ flags.DEFINE_bool("autoattack", True, "Run AutoAttack (False: clean, PGD and CW 
 flags.DEFINE_string("output", None, "JSON report path (default: <model>.evaluation.json).")
 
 
-def load_arrays(model):
-    image_size = FLAGS.image_size
-    if FLAGS.dataset == "digits" and image_size is None:
-        image_size = int(model.input_shape[1])
-    size = dict(image_size=image_size) if FLAGS.dataset == "digits" else {}
-    dataset = data.load(FLAGS.dataset, FLAGS.split, batch_size=FLAGS.batch_size, data_dir=FLAGS.data_dir,
-                        training=False, **size)
-    xs, ys, count = [], [], 0
-    for x_batch, y_batch in dataset:
-        xs.append(x_batch.numpy())
-        ys.append(y_batch.numpy())
-        count += len(ys[-1])
-        if FLAGS.examples and count >= FLAGS.examples:
-            break
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    if FLAGS.examples:
-        x, y = x[:FLAGS.examples], y[:FLAGS.examples]
-    return x, y
-
-
-def evaluate(model, x, y):
-    """Evaluates ``model`` on ``(x, y)``; returns ``(RobustnessReport of PGD and CW, results dict)``.
-
-    The results are ``{"clean_accuracy", "pgd<k>": {"robust_accuracy",
-    "stability", "config"}, "cw<k>": {...}, "autoattack": <AutoAttack report>}``.
-    """
-    seed = FLAGS.seed if FLAGS.seed is not None else int(np.random.default_rng().integers(2**31 - 1))
-    robustness = metrics.evaluate(
-        model, x, y, experiments.evaluation_attacks(FLAGS.eps, FLAGS.steps, FLAGS.step_size, kind="pgd_cw", seed=seed),
-        batch_size=FLAGS.batch_size)
-    results = {"clean_accuracy": robustness.clean_accuracy}
-    for name, scores in robustness.per_attack.items():
-        results[name] = dict(scores, config=robustness.attacks[name])
-    if FLAGS.autoattack:
-        auto = attacks.AutoAttack(
-            FLAGS.eps, version=FLAGS.version, attacks=FLAGS.attacks if FLAGS.version == "custom" else None,
-            seed=seed, batch_size=FLAGS.batch_size, n_iter=FLAGS.n_iter, n_queries=FLAGS.n_queries,
-        )
-        results["autoattack"] = auto.evaluate(model, x, y, dataset=FLAGS.dataset).report
-    return robustness, results
-
-
-def print_table(report):
-    """Prints clean accuracy, robust accuracy per attack and worst case, then AutoAttack's."""
-    results = report["results"]
-    print(f"\n{report['model']} on {report['n_points']} {report['dataset']} points, l_inf eps={report['eps']:.5g}")
-    print(f"{'evaluation':>24} {'accuracy':>10}")
-    print(f"{'clean':>24} {results['clean_accuracy']:>10.2%}")
-    robustness = report["robustness"]
-    for name, scores in robustness["per_attack"].items():
-        print(f"{name:>24} {scores['robust_accuracy']:>10.2%}")
-    print(f"{' + '.join(robustness['per_attack']) + ' (worst)':>24} {robustness['robust_accuracy']:>10.2%}")
-    if "autoattack" in results:
-        value = results["autoattack"]
-        for attack, accuracy in value["robust_accuracy_per_attack"].items():
-            print(f"{'  after ' + attack:>24} {accuracy:>10.2%}")
-        print(f"{'AutoAttack (' + value['version'] + ')':>24} {value['robust_accuracy']:>10.2%}")
-        for flag in value["flags"]:
-            print(f"  FLAG: {flag}")
-
-
 def main(argv):
     del argv
     model = keras.models.load_model(FLAGS.model, compile=False)
-    x, y = load_arrays(model)
-    robustness, results = evaluate(model, x, y)
+    x, y = experiments.load_arrays(FLAGS.dataset, FLAGS.split, examples=FLAGS.examples, image_size=FLAGS.image_size,
+                                   model=model, batch_size=FLAGS.batch_size, data_dir=FLAGS.data_dir)
+    kinds = ["pgd", "cw"] + (["autoattack"] if FLAGS.autoattack else [])
     report = {"model": os.path.basename(FLAGS.model), "model_path": FLAGS.model, "dataset": FLAGS.dataset,
-              "split": FLAGS.split, "eps": FLAGS.eps, "n_points": int(len(y)), "results": results,
-              "robustness": robustness.to_json()}
+              "split": FLAGS.split}
+    report.update(experiments.robustness_report(
+        model, x, y, eps=FLAGS.eps, kinds=kinds, steps=FLAGS.steps, step_size=FLAGS.step_size, seed=FLAGS.seed,
+        batch_size=FLAGS.batch_size, version=FLAGS.version, custom_attacks=FLAGS.attacks, n_iter=FLAGS.n_iter,
+        n_queries=FLAGS.n_queries, dataset=FLAGS.dataset, verbose=1))
     output = FLAGS.output or os.path.splitext(FLAGS.model)[0] + ".evaluation.json"
     experiments.write_json(output, report)
-    print_table(report)
+    experiments.print_robustness_report(report)
     print(f"wrote {output}")
 
 
