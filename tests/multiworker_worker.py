@@ -1,12 +1,15 @@
 """One process of tests/test_multiworker.py: a tiny adversarial training run under a tf.distribute strategy.
 
-    python tests/multiworker_worker.py multi_worker OUT_DIR    # TF_CONFIG names the cluster and this task
-    python tests/multiworker_worker.py mirrored OUT_DIR        # one process, MirroredStrategy on 2 logical CPUs
+    python tests/multiworker_worker.py multi_worker OUT_DIR SHARED_DIR   # TF_CONFIG names the cluster and this task
+    python tests/multiworker_worker.py mirrored OUT_DIR SHARED_DIR       # one process, MirroredStrategy on 2 CPUs
 
 Both train the same tiny model (same seed) on the same 4 global batches of 8 for
 two epochs with TRADES (seeded training attack), norm decay and its momentum
 optimizer, validating on 2 batches, and write the initial and final weights
 (``initial.npz``, ``weights.npz``) and the history (``history.json``) to ``OUT_DIR``.
+Then a second model trains naturally through ``tfnorms.experiments.train_classifier``
+with TensorBoard logs and backups in ``SHARED_DIR`` (the same directory for all
+workers: only the chief may write there); its weights go to ``natural.npz``.
 """
 
 import json
@@ -20,12 +23,24 @@ EXAMPLES = 32
 EPOCHS = 2
 
 
-def main(mode, out_dir):
+def tiny_model(tfnorms, keras):
+    return keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu",
+                            kernel_regularizer=tfnorms.NormDecay(1e-3)),
+        keras.layers.BatchNormalization(momentum=0.9),
+        keras.layers.Flatten(),
+        keras.layers.Dense(3),
+    ])
+
+
+def main(mode, out_dir, shared_dir):
     import keras
     import numpy as np
     import tensorflow as tf
 
     import tfnorms
+    from tfnorms import experiments
 
     if mode == "mirrored":
         cpu = tf.config.list_physical_devices("CPU")[0]
@@ -39,14 +54,7 @@ def main(mode, out_dir):
     y = rng.integers(0, 3, EXAMPLES).astype("int32")
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
     with strategy.scope():
-        model = keras.Sequential([
-            keras.Input((8, 8, 1)),
-            keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu",
-                                kernel_regularizer=tfnorms.NormDecay(1e-3)),
-            keras.layers.BatchNormalization(momentum=0.9),
-            keras.layers.Flatten(),
-            keras.layers.Dense(3),
-        ])
+        model = tiny_model(tfnorms, keras)
         attack = tfnorms.attacks.PGD(0.1, 0.05, 2, loss="kl", random_start="normal", seed=0)
         trainer = tfnorms.AdversarialTrainer(model, method="trades", attack=attack)
         # Liang & Huang's norm decay memory around SGD with momentum.
@@ -57,6 +65,12 @@ def main(mode, out_dir):
     np.savez(os.path.join(out_dir, "weights.npz"), *model.get_weights())
     with open(os.path.join(out_dir, "history.json"), "w") as f:
         json.dump({key: [float(v) for v in values] for key, values in history.history.items()}, f)
+
+    with strategy.scope():
+        natural = tiny_model(tfnorms, keras)
+    experiments.train_classifier(natural, dataset, method="natural", epochs=EPOCHS, lr=0.05, strategy=strategy,
+                                 log_dir=os.path.join(shared_dir, "logs"), backup_dir=os.path.join(shared_dir, "backup"))
+    np.savez(os.path.join(out_dir, "natural.npz"), *natural.get_weights())
 
 
 if __name__ == "__main__":

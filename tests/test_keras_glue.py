@@ -111,7 +111,9 @@ def test_tensorboard_writers_are_found_to_flush(tmp_path):  # TensorBoard._write
 def test_the_multi_worker_workaround_overrides_a_keras_method_and_reads_the_strategys_mode(two_cpu_strategy):
     # Trainer._maybe_symbolic_build (TensorFlow trainer), CollectiveAllReduceExtended._in_multi_worker_mode;
     # tests/test_multiworker.py runs them on two workers.
-    from tensorflow.python.distribute.collective_all_reduce_strategy import CollectiveAllReduceExtended
+    from tensorflow.python.distribute.collective_all_reduce_strategy import (
+        CollectiveAllReduceExtended,
+    )
 
     assert callable(getattr(keras.Model, "_maybe_symbolic_build", None))
     assert "_maybe_symbolic_build" in _keras.MultiWorkerFit.__dict__

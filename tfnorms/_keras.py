@@ -496,3 +496,26 @@ class MultiWorkerFit:
                 break
             iterator = None
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+
+class MultiWorkerClassifier(MultiWorkerFit, keras.Model):
+    """A classifier wrapped so that Keras' own ``fit`` / ``evaluate`` run on several workers (:class:`MultiWorkerFit`).
+
+    It shares the classifier's layers and weights; ``compile`` it with a loss
+    and metrics as the classifier itself would be.
+    """
+
+    def __init__(self, classifier, **kwargs):
+        super().__init__(**kwargs)
+        self.classifier = classifier
+        if getattr(classifier, "built", False):
+            self.built = True
+
+    def call(self, inputs, training=None):
+        return self.classifier(inputs, training=training)
+
+    def train_step(self, data):
+        return replica_logs(super().train_step(data))
+
+    def test_step(self, data):
+        return replica_logs(super().test_step(data))

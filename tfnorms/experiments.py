@@ -43,7 +43,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfnorms import _args, attacks, callbacks, metrics, models, norms, optimization, regularizers, resume
+from tfnorms import _args, _keras, attacks, callbacks, metrics, models, norms, optimization, regularizers, resume
 from tfnorms.training import AdversarialTrainer
 
 __all__ = [
@@ -169,6 +169,9 @@ def train_classifier(
             interrupted run; wrap the call in :func:`tfnorms.resume.train_once`.
         strategy: the ``tf.distribute`` strategy the classifier was built with;
             the regularizers, optimizer and trainer are created in its scope.
+            Under ``MultiWorkerMirroredStrategy`` only the chief writes to
+            ``log_dir`` and ``backup_dir``; other workers write to their
+            :func:`tfnorms.resume.worker_dir`.
         jit_compile: ``compile``'s XLA switch (Keras' ``"auto"`` by default).
         verbose: ``fit`` verbosity.
     """
@@ -189,6 +192,8 @@ def train_classifier(
         if norm_decay is not None and norm_decay_momentum > 0:
             optimizer = regularizers.NormDecayMomentum(optimizer, momentum=norm_decay_momentum)
         model = _compiled(classifier, method, optimizer, beta, attack, eval_attack, jit_compile)
+    # Several workers: only the chief writes log_dir / backup_dir, the others their own directories.
+    log_dir, backup_dir = (None if d is None else resume.worker_dir(d, strategy) for d in (log_dir, backup_dir))
     fit_callbacks = _callbacks(log_dir, backup_dir, extra_callbacks, svc)
     with warnings.catch_warnings():
         # Keras' notice at the end of a finite data set; other warnings (e.g. layers that
@@ -206,13 +211,15 @@ _NORM_DECAY_ORDS = {"l1": 1, "linf": np.inf, "both": [1, np.inf]}
 def _compiled(classifier, method, optimizer, beta, attack, eval_attack, jit_compile):
     """The compiled model that ``fit`` trains: ``classifier`` itself, or a trainer around it."""
     if method == "natural":
-        classifier.compile(
+        # With several workers a plain Keras model cannot fit (keras-team/keras#20585): fit a wrapper that can.
+        model = _keras.MultiWorkerClassifier(classifier) if _keras.in_multi_worker_mode() else classifier
+        model.compile(
             optimizer,
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="clean_accuracy")],
             jit_compile=jit_compile,
         )
-        return classifier
+        return model
     trainer = AdversarialTrainer(classifier, method=method, beta=None if method == "pgd" else beta, attack=attack,
                                  eval_attack=eval_attack)
     trainer.compile(optimizer, jit_compile=jit_compile)
@@ -481,8 +488,6 @@ def norm_table(model, ords=(1, np.inf, 2)) -> dict:
         >>> [row["l1"] for row in table["layers"]], table["products"]["linf"]["value"]
         ([2.0, 1.0], 8.0)
     """
-    from tfnorms import _keras
-
     ords = _args.ords(ords, "ords", allowed=(1, np.inf, 2))
     values = {ord: norms.model_norms(model, ord, on_unsupported="ignore") for ord in ords}
     rows = []
