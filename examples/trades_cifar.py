@@ -16,7 +16,10 @@ adversarial accuracy, robust accuracy and stability on the validation subset,
 layer-norm traces), a backup for resuming an interrupted run (rerun the same
 command), the trained classifier ``model.keras`` and ``evaluation.json``, and
 ``state.json``, the finished phases of the run (``tfnorms.resume``): a rerun
-never retrains or rewrites a finished model or evaluation.
+never retrains or rewrites a finished model or evaluation. With
+``--distribution=multi_worker`` (every worker runs the same command, ``TF_CONFIG``
+set; docs/distributed.md#distributed) only the chief writes there, the other
+workers into ``<logdir>/workertemp_worker_<index>``.
 
 Training goes through ``tfnorms.experiments.train_classifier`` (the pipeline of
 the paper studies too) inside ``tfnorms.resume.train_once``; the final
