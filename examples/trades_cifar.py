@@ -16,7 +16,10 @@ adversarial accuracy, robust accuracy and stability on the validation subset,
 layer-norm traces), a backup for resuming an interrupted run (rerun the same
 command), the trained classifier ``model.keras`` and ``evaluation.json``, and
 ``state.json``, the finished phases of the run (``tfnorms.resume``): a rerun
-never retrains or rewrites a finished model or evaluation.
+never retrains or rewrites a finished model or evaluation. With
+``--distribution=multi_worker`` (every worker runs the same command, ``TF_CONFIG``
+set; docs/distributed.md#distributed) only the chief writes there, the other
+workers into ``<logdir>/workertemp_worker_<index>``.
 
 Training goes through ``tfnorms.experiments.train_classifier`` (the pipeline of
 the paper studies too) inside ``tfnorms.resume.train_once``; the final
@@ -155,6 +158,10 @@ def run(extra_callbacks=()):
     keras.utils.set_random_seed(FLAGS.seed)
     keras.mixed_precision.set_dtype_policy(FLAGS.precision)
     strategy = make_strategy(FLAGS.distribution)
+    # Several workers: the chief writes to --logdir, every other worker to a directory of its own in it.
+    logdir = resume.worker_dir(FLAGS.logdir, strategy)
+    os.makedirs(logdir, exist_ok=True)
+    FLAGS.append_flags_into_file(os.path.join(logdir, "flags.txt"))
     info = data.dataset_info(FLAGS.dataset, FLAGS.image_size if FLAGS.dataset == "digits" else None)
     size = dict(image_size=FLAGS.image_size) if FLAGS.dataset == "digits" else {}
     train_ds = data.load(FLAGS.dataset, "train", batch_size=FLAGS.batch_size, data_dir=FLAGS.data_dir,
@@ -170,10 +177,10 @@ def run(extra_callbacks=()):
                   eps=FLAGS.eps, epochs=FLAGS.epochs, runs={})
     # Phases: "<method>" (training, one per run), "evaluation/<method>", "report". A finished phase is
     # never redone: its model is loaded, its results are read back from state.json.
-    state = resume.RunState(os.path.join(FLAGS.logdir, "state.json"), config=run_config())
+    state = resume.RunState(os.path.join(logdir, "state.json"), config=run_config())
     trained = {}
     for method in runs:
-        log_dir = FLAGS.logdir if method == FLAGS.method else os.path.join(FLAGS.logdir, "natural_twin")
+        log_dir = logdir if method == FLAGS.method else os.path.join(logdir, "natural_twin")
         trained[method], _ = resume.train_once(
             state, method, os.path.join(log_dir, "model.keras"),
             lambda method=method, log_dir=log_dir: train(method, log_dir, train_ds, val_ds, info, strategy,
@@ -190,19 +197,19 @@ def run(extra_callbacks=()):
                         train_seconds=training["train_seconds"], model_path=training["model_path"])
 
         report["runs"][method] = state.run_once(f"evaluation/{method}", evaluation)
-    if state.is_done("report") and os.path.exists(os.path.join(FLAGS.logdir, "evaluation.json")):
-        print(f"{FLAGS.logdir} holds a finished run (state.json); nothing to do. "
+    if state.is_done("report") and os.path.exists(os.path.join(logdir, "evaluation.json")):
+        print(f"{logdir} holds a finished run (state.json); nothing to do. "
               "Use another --logdir, or delete this one, to train again.")
         print_report(report)
     else:
-        write_report(report)
+        write_report(report, logdir)
         state.finish("report")
     return report
 
 
-def write_report(report):
+def write_report(report, logdir):
     """Writes ``<logdir>/evaluation.json`` (atomically) and prints the table."""
-    path = os.path.join(FLAGS.logdir, "evaluation.json")
+    path = os.path.join(logdir, "evaluation.json")
     resume.write_json_atomic(path, report, hint="Free disk space and rerun: the finished phases are kept.")
     print_report(report)
     print(f"wrote {path}")
@@ -221,8 +228,6 @@ def print_report(report):
 def main(argv):
     del argv
     apply_quickstart()
-    os.makedirs(FLAGS.logdir, exist_ok=True)
-    FLAGS.append_flags_into_file(os.path.join(FLAGS.logdir, "flags.txt"))
     run()
 
 

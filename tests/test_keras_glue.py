@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tfnorms
 from tfnorms import _keras
@@ -104,3 +105,19 @@ def test_tensorboard_writers_are_found_to_flush(tmp_path):  # TensorBoard._write
     board = keras.callbacks.TensorBoard(str(tmp_path))
     model.fit(np.zeros((4, 3)), np.zeros((4, 2)), epochs=1, verbose=0, callbacks=[board])
     assert _keras.tensorboard_writers(board)
+
+
+
+def test_the_multi_worker_workaround_overrides_a_keras_method_and_reads_the_strategys_mode(two_cpu_strategy):
+    # Trainer._maybe_symbolic_build (TensorFlow trainer), CollectiveAllReduceExtended._in_multi_worker_mode;
+    # tests/test_multiworker.py runs them on two workers.
+    from tensorflow.python.distribute.collective_all_reduce_strategy import (
+        CollectiveAllReduceExtended,
+    )
+
+    assert callable(getattr(keras.Model, "_maybe_symbolic_build", None))
+    assert "_maybe_symbolic_build" in _keras.MultiWorkerFit.__dict__
+    assert callable(getattr(CollectiveAllReduceExtended, "_in_multi_worker_mode", None))
+    assert not _keras.in_multi_worker_mode(two_cpu_strategy)
+    logs = {"loss": tf.constant(1.0)}
+    assert _keras.replica_logs(logs) is logs  # unchanged outside a multi-worker cluster

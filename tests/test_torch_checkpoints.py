@@ -10,14 +10,13 @@ inference mode. Tests that need PyTorch skip with the reason when it is absent.
 import importlib.abc
 import json
 import pathlib
-import subprocess
 import sys
 import warnings
 
 import numpy as np
 import pytest
 
-from tfnorms import checkpoints, models
+from tfnorms import checkpoints, cli, models
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TORCH_REASON = 'loading PyTorch checkpoints needs the optional torch extra: pip install "tfnorms[torch]"'
@@ -257,16 +256,23 @@ def test_bad_state_dicts_and_load_classifier_arguments(tmp_path):
         models.load_classifier(tmp_path / "model.keras", depth=34)
 
 
-def test_evaluate_script_takes_a_pytorch_checkpoint(torch, tm, tmp_path):
-    """examples/evaluate.py --architecture: digits (16x16x1, 10 classes) through a WRN-10-1 checkpoint."""
+def test_the_evaluate_command_takes_a_pytorch_checkpoint(torch, tm, tmp_path, capsys):
+    """``tfnorms evaluate --architecture`` (examples/evaluate.py shares its loader): digits through a WRN-10-1."""
     net = tm.WideResNet(10, 1, in_channels=1)
     path = tmp_path / "wrn.pt"
     torch.save(trained(torch, net, (16, 16, 1)).state_dict(), path)
     output = tmp_path / "evaluation.json"
-    command = [sys.executable, str(ROOT / "examples" / "evaluate.py"), f"--model={path}", "--architecture=wide_resnet",
-               "--depth=10", "--width=1", "--dataset=digits", "--image_size=16", "--eps=0.05", "--examples=8",
-               "--steps=1", "--autoattack=false", f"--output={output}", "--seed=0"]
-    subprocess.run(command, check=True, cwd=ROOT, capture_output=True, timeout=300)
+    common = [str(path), "--architecture=wide_resnet", "--depth=10", "--width=1"]
+    assert cli.main(["evaluate", *common, "--dataset=digits", "--image_size=16", "--eps=0.05", "--examples=8",
+                     "--steps=1", "--attack=pgd", f"--output={output}", "--seed=0", "--quiet"]) == 0
     report = json.loads(output.read_text())
     assert report["architecture"] == "wide_resnet" and report["n_points"] == 8
     assert 0 <= report["results"]["pgd1"]["robust_accuracy"] <= report["results"]["clean_accuracy"]
+    capsys.readouterr()
+    assert cli.main(["norms", *common, "--dataset=digits", "--image_size=16", "--ord=1", "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert {layer["path"] for layer in table["layers"]} >= {"conv1", "block1_0_conv1", "logits"}
+    assert cli.main(["norms", *common]) == 2  # built for CIFAR-10 by default: a clear mismatch, not a guess
+    assert "conv1.weight (16, 1, 3, 3) (expected (16, 3, 3, 3))" in capsys.readouterr().err
+    assert cli.main(["norms", *common[:1], "--depth=10"]) == 2  # --depth without --architecture
+    assert "depth" in capsys.readouterr().err

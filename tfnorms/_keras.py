@@ -26,6 +26,9 @@ Private Keras attributes (no public equivalent in Keras 3); each is pinned by
 * ``Optimizer._variables``: an optimizer's own variables, without those of an
   optimizer it wraps; ``Optimizer._trainable_variables``: those it was built for.
 * ``TensorBoard._writers``: the callback's open summary writers (to flush them).
+* ``Trainer._maybe_symbolic_build`` (TensorFlow trainer) and
+  ``MultiWorkerMirroredStrategy.extended._in_multi_worker_mode``: the
+  multi-worker workaround of :class:`MultiWorkerFit`.
 
 ``tfnorms.resume.AtomicBackupAndRestore`` overrides ``BackupAndRestore``'s own
 hooks (``_save_model``, ``_load_model``); its tests pin them.
@@ -44,6 +47,7 @@ from __future__ import annotations
 import warnings
 
 import keras
+import tensorflow as tf
 
 from tfnorms import _args
 
@@ -442,3 +446,76 @@ class LayerGeometry:
         if kernel.shape.rank == 4 and not self.bound:
             warn_unbound(self, weight)
         return operator_kernel(kernel, self.geometry, self.depthwise)
+
+
+# ---------------------------------------------------------------- fit under MultiWorkerMirroredStrategy
+
+
+def in_multi_worker_mode(strategy=None) -> bool:
+    """Whether ``strategy`` (default: the current one) is a ``MultiWorkerMirroredStrategy`` spanning several workers."""
+    strategy = tf.distribute.get_strategy() if strategy is None else strategy
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode()
+
+
+def replica_logs(logs):
+    """A ``train_step`` / ``test_step``'s logs, shaped for Keras' cross-replica reduction.
+
+    With several workers Keras reduces each log with
+    ``strategy.reduce("MEAN", value, axis=0)``, which needs a batch axis: a
+    scalar fails ("Invalid reduction dimension 0 for input with 0
+    dimensions"). As ``[1]`` tensors the reduction is the mean over the
+    replicas, the same as Keras' mean of the local results under
+    ``MirroredStrategy``; anywhere else the logs are returned unchanged.
+    """
+    if not in_multi_worker_mode():
+        return logs
+    return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+
+
+class MultiWorkerFit:
+    """Mixin for a ``keras.Model`` subclass: ``fit`` / ``evaluate`` under ``MultiWorkerMirroredStrategy``.
+
+    Keras 3's TensorFlow trainer builds a model inside a strategy by reducing
+    the first distributed batch with ``strategy.reduce("MEAN", batch)``, which
+    fails with several workers (keras-team/keras#20585, tensorflow/tensorflow#72388:
+    "Attempt to convert a value (PerReplica ...) to a Tensor"). Any replica's
+    batch has the shapes and dtypes that build needs, so this mixin builds with
+    the first local replica's batch instead. The model's steps return their
+    logs through :func:`replica_logs`.
+    """
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = self.distribute_strategy
+        if iterator is not None and in_multi_worker_mode(strategy):
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda value: strategy.experimental_local_results(value)[0]
+                    if isinstance(value, tf.distribute.DistributedValues) else value,
+                    next(batches),
+                )
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+
+class MultiWorkerClassifier(MultiWorkerFit, keras.Model):
+    """A classifier wrapped so that Keras' own ``fit`` / ``evaluate`` run on several workers (:class:`MultiWorkerFit`).
+
+    It shares the classifier's layers and weights; ``compile`` it with a loss
+    and metrics as the classifier itself would be.
+    """
+
+    def __init__(self, classifier, **kwargs):
+        super().__init__(**kwargs)
+        self.classifier = classifier
+        if getattr(classifier, "built", False):
+            self.built = True
+
+    def call(self, inputs, training=None):
+        return self.classifier(inputs, training=training)
+
+    def train_step(self, data):
+        return replica_logs(super().train_step(data))
+
+    def test_step(self, data):
+        return replica_logs(super().test_step(data))

@@ -43,7 +43,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfnorms import attacks, callbacks, metrics, models, norms, optimization, regularizers, resume
+from tfnorms import _args, _keras, attacks, callbacks, metrics, models, norms, optimization, regularizers, resume
 from tfnorms.training import AdversarialTrainer
 
 __all__ = [
@@ -53,12 +53,17 @@ __all__ = [
     "evaluation_attacks",
     "format_table",
     "layer_norms",
+    "load_arrays",
+    "load_evaluated_model",
     "mean_local_lipschitz",
+    "norm_table",
     "plot_layer_norms",
     "plot_metrics_vs_width",
     "plot_accuracies",
     "plot_lambda_schedules",
     "plot_norm_distributions",
+    "print_robustness_report",
+    "robustness_report",
     "study_data",
     "train_classifier",
     "write_json",
@@ -165,6 +170,9 @@ def train_classifier(
             interrupted run; wrap the call in :func:`tfnorms.resume.train_once`.
         strategy: the ``tf.distribute`` strategy the classifier was built with;
             the regularizers, optimizer and trainer are created in its scope.
+            Under ``MultiWorkerMirroredStrategy`` only the chief writes to
+            ``log_dir`` and ``backup_dir``; other workers write to their
+            :func:`tfnorms.resume.worker_dir`.
         jit_compile: ``compile``'s XLA switch (Keras' ``"auto"`` by default).
         verbose: ``fit`` verbosity.
     """
@@ -185,6 +193,8 @@ def train_classifier(
         if norm_decay is not None and norm_decay_momentum > 0:
             optimizer = regularizers.NormDecayMomentum(optimizer, momentum=norm_decay_momentum)
         model = _compiled(classifier, method, optimizer, beta, attack, eval_attack, jit_compile)
+    # Several workers: only the chief writes log_dir / backup_dir, the others their own directories.
+    log_dir, backup_dir = (None if d is None else resume.worker_dir(d, strategy) for d in (log_dir, backup_dir))
     fit_callbacks = _callbacks(log_dir, backup_dir, extra_callbacks, svc)
     with warnings.catch_warnings():
         # Keras' notice at the end of a finite data set; other warnings (e.g. layers that
@@ -202,13 +212,15 @@ _NORM_DECAY_ORDS = {"l1": 1, "linf": np.inf, "both": [1, np.inf]}
 def _compiled(classifier, method, optimizer, beta, attack, eval_attack, jit_compile):
     """The compiled model that ``fit`` trains: ``classifier`` itself, or a trainer around it."""
     if method == "natural":
-        classifier.compile(
+        # With several workers a plain Keras model cannot fit (keras-team/keras#20585): fit a wrapper that can.
+        model = _keras.MultiWorkerClassifier(classifier) if _keras.in_multi_worker_mode() else classifier
+        model.compile(
             optimizer,
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="clean_accuracy")],
             jit_compile=jit_compile,
         )
-        return classifier
+        return model
     trainer = AdversarialTrainer(classifier, method=method, beta=None if method == "pgd" else beta, attack=attack,
                                  eval_attack=eval_attack)
     trainer.compile(optimizer, jit_compile=jit_compile)
@@ -280,6 +292,186 @@ def evaluate(classifier, dataset, attack_dict: Mapping[str, object], max_example
     return metrics.evaluate(classifier, dataset, attacks=attack_dict, max_examples=max_examples).flat()
 
 
+EVALUATION_REPORT_ATTACKS = ("pgd", "cw", "autoattack")
+
+
+def load_evaluated_model(path, architecture=None, *, dataset=None, image_size=None, depth=None, width=None,
+                         mean=None, std=None):
+    """The classifier to evaluate or inspect: a ``.keras`` file, or a PyTorch checkpoint and its architecture.
+
+    The one loader of ``examples/evaluate.py`` and the ``tfnorms`` command, on
+    top of :func:`tfnorms.models.load_classifier`. A saved
+    :class:`~tfnorms.training.AdversarialTrainer` gives its classifier. For a
+    PyTorch checkpoint the builder gets ``dataset``'s classes and image shape
+    (the builder's defaults if ``dataset`` is None), ``depth`` / ``width``
+    (``"wide_resnet"`` only) and the input normalization ``mean`` / ``std``.
+
+    Args:
+        path: a ``.keras``, ``.pt`` or ``.pth`` file.
+        architecture: None for ``.keras``; for a PyTorch checkpoint one of
+            ``tfnorms.models.TORCH_ARCHITECTURES``.
+        dataset: a ``tfnorms.data`` name whose classes and image shape the
+            PyTorch architecture is built for.
+        image_size: side of the ``"digits"`` images.
+        depth: WideResNet depth (``architecture="wide_resnet"``).
+        width: WideResNet widening factor (``architecture="wide_resnet"``).
+        mean: per-channel input mean of the checkpoint's normalization, with ``std``.
+        std: per-channel input standard deviation, with ``mean``.
+
+    Returns:
+        An uncompiled ``keras.Model`` returning logits.
+
+    Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "tiny.keras")
+        >>> models.small_cnn(input_shape=(8, 8, 1), width=4).save(path)
+        >>> load_evaluated_model(path).name
+        'small_cnn'
+    """
+    options = {"depth": depth, "width": width, "mean": mean, "std": std}
+    if architecture is None:
+        given = [name for name, value in options.items() if value is not None]
+        if given:
+            raise _args.invalid(given[0], "None unless `architecture` names a PyTorch checkpoint's architecture",
+                                options[given[0]])
+        model = models.load_classifier(path)
+        return model.model if isinstance(model, AdversarialTrainer) else model
+    if architecture != "wide_resnet" and (depth is not None or width is not None):
+        raise _args.invalid("depth" if depth is not None else "width", "None unless architecture='wide_resnet'",
+                            depth if depth is not None else width)
+    if (mean is None) != (std is None):
+        raise _args.invalid("mean" if mean is None else "std", "given together with the other of `mean` / `std`",
+                            None)
+    kwargs = {}
+    if dataset is not None:
+        from tfnorms import data  # local: data imports tensorflow-datasets lazily, keep it that way
+
+        info = data.dataset_info(dataset, image_size if dataset == "digits" else None)
+        kwargs.update(num_classes=info.num_classes, input_shape=info.image_shape)
+    kwargs.update({name: value for name, value in (("depth", depth), ("width", width)) if value is not None})
+    if mean is not None:
+        kwargs["normalization"] = ([float(v) for v in mean], [float(v) for v in std])
+    return models.load_classifier(path, architecture, **kwargs)
+
+
+def load_arrays(dataset, split="test", *, examples=0, image_size=None, model=None, batch_size=256, data_dir=None):
+    """The first ``examples`` points of a split of :func:`tfnorms.data.load` as arrays (0 = all).
+
+    The embedded ``"digits"`` images have side ``image_size``, by default the
+    input side of ``model`` if given (else 16).
+
+    Returns:
+        ``(x, y)``: float32 images in [0, 1] and int labels, in the split's order.
+
+    Example:
+        >>> x, y = load_arrays("digits", examples=5, image_size=8)
+        >>> x.shape, y.shape
+        ((5, 8, 8, 1), (5,))
+    """
+    from tfnorms import data  # local: data imports tensorflow-datasets lazily, keep it that way
+
+    examples = _args.positive_int(examples, "examples", minimum=0)
+    if dataset == "digits" and image_size is None and model is not None:
+        image_size = int(model.input_shape[1])
+    size = {"image_size": image_size} if dataset == "digits" else {}
+    pipeline = data.load(dataset, split, batch_size=batch_size, data_dir=data_dir, training=False, **size)
+    xs, ys, count = [], [], 0
+    for x_batch, y_batch in pipeline:
+        xs.append(x_batch.numpy())
+        ys.append(y_batch.numpy())
+        count += len(ys[-1])
+        if examples and count >= examples:
+            break
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    return (x[:examples], y[:examples]) if examples else (x, y)
+
+
+def robustness_report(model, x, y, *, eps, kinds=EVALUATION_REPORT_ATTACKS, steps=20, step_size=None, seed=None,
+                      batch_size=256, version="standard", custom_attacks=None, n_iter=100, n_queries=5000,
+                      dataset=None, verbose=0) -> dict:
+    """Clean accuracy and robust accuracy under PGD-k, CW-k and AutoAttack: the report of ``tfnorms evaluate``.
+
+    PGD and CW run in one :func:`tfnorms.metrics.evaluate` (per attack and
+    worst case per example); AutoAttack (:class:`tfnorms.attacks.AutoAttack`)
+    runs its own cascade and adds its RobustBench-style report.
+
+    Args:
+        model: a callable returning logits for images in [0, 1].
+        x: images; y: labels (class ids or distribution rows).
+        eps: l_inf radius.
+        kinds: the attacks to run, a non-empty subset of ``("pgd", "cw", "autoattack")``.
+        steps: steps of PGD and CW.
+        step_size: step of PGD and CW (``eps / 4`` if ``None``).
+        seed: seed of every attack; ``None`` draws one, recorded in the report.
+        batch_size: points per batch.
+        version: AutoAttack version (``"standard"``, ``"rand"``, ``"custom"``).
+        custom_attacks: the attack list of ``version="custom"``.
+        n_iter: APGD / FAB iterations; n_queries: Square queries.
+        dataset: data set name in AutoAttack's report.
+        verbose: 1 shows progress bars.
+
+    Returns:
+        ``{"eps", "n_points", "seed", "results": {"clean_accuracy", "pgd<k>":
+        {"robust_accuracy", "stability", "config"}, "cw<k>": {...},
+        "autoattack": <AutoAttack report>}, "robustness": <RobustnessReport.to_json()
+        of PGD and CW>}`` with only the attacks asked for.
+    """
+    eps = _args.positive(eps, "eps")
+    kinds = _evaluation_kinds(kinds)
+    seed = int(np.random.default_rng().integers(2**31 - 1)) if seed is None else _args.integer(seed, "seed")
+    report = {"eps": eps, "n_points": len(y), "seed": seed, "results": {}}
+    results = report["results"]
+    gradient_attacks = {
+        name: attack for name, attack in evaluation_attacks(eps, steps, step_size, kind="pgd_cw", seed=seed).items()
+        if name.rstrip("0123456789") in kinds
+    }
+    if gradient_attacks:
+        robustness = metrics.evaluate(model, x, y, gradient_attacks, batch_size=batch_size, verbose=verbose)
+        results["clean_accuracy"] = robustness.clean_accuracy
+        for name, scores in robustness.per_attack.items():
+            results[name] = dict(scores, config=robustness.attacks[name])
+        report["robustness"] = robustness.to_json()
+    if "autoattack" in kinds:
+        auto = attacks.AutoAttack(eps, version=version, attacks=custom_attacks if version == "custom" else None,
+                                  seed=seed, batch_size=batch_size, n_iter=n_iter, n_queries=n_queries,
+                                  verbose=verbose)
+        evaluation = auto.evaluate(model, x, y, dataset=dataset)
+        results.setdefault("clean_accuracy", evaluation.clean_accuracy)
+        results["autoattack"] = evaluation.report
+    return report
+
+
+def _evaluation_kinds(kinds):
+    expected = f"a non-empty list of {', '.join(map(repr, EVALUATION_REPORT_ATTACKS))}"
+    if isinstance(kinds, str) or not isinstance(kinds, (list, tuple)) or not kinds:
+        raise _args.invalid("kinds", expected, kinds)
+    for kind in kinds:
+        if kind not in EVALUATION_REPORT_ATTACKS:
+            raise _args.invalid("kinds", expected, kinds)
+    return tuple(dict.fromkeys(kinds))
+
+
+def print_robustness_report(report):
+    """Prints a :func:`robustness_report` (with ``model`` and ``dataset`` keys): accuracy per attack, worst case."""
+    results = report["results"]
+    print(f"\n{report['model']} on {report['n_points']} {report['dataset']} points, l_inf eps={report['eps']:.5g}")
+    print(f"{'evaluation':>24} {'accuracy':>10}")
+    print(f"{'clean':>24} {results['clean_accuracy']:>10.2%}")
+    robustness = report.get("robustness")
+    if robustness is not None:
+        for name, scores in robustness["per_attack"].items():
+            print(f"{name:>24} {scores['robust_accuracy']:>10.2%}")
+        if len(robustness["per_attack"]) > 1:
+            print(f"{' + '.join(robustness['per_attack']) + ' (worst)':>24} {robustness['robust_accuracy']:>10.2%}")
+    if "autoattack" in results:
+        value = results["autoattack"]
+        for attack, accuracy in value["robust_accuracy_per_attack"].items():
+            print(f"{'  after ' + attack:>24} {accuracy:>10.2%}")
+        print(f"{'AutoAttack (' + value['version'] + ')':>24} {value['robust_accuracy']:>10.2%}")
+        for flag in value["flags"]:
+            print(f"  FLAG: {flag}")
+
+
 def mean_local_lipschitz(classifier, dataset, eps, step_size, steps=10, max_examples=256, seed=0) -> float:
     """Mean over examples of Wu et al.'s local-Lipschitz estimate (:func:`tfnorms.metrics.local_lipschitz`)."""
     values = []
@@ -295,6 +487,100 @@ def mean_local_lipschitz(classifier, dataset, eps, step_size, steps=10, max_exam
 def layer_norms(classifier, ord=1) -> Dict[str, float]:
     """Exact per-layer operator norms (Conv2D, Dense, BatchNorm) as ``{layer.path: float}``, in layer order."""
     return {path: float(value) for path, value in norms.model_norms(classifier, ord, on_unsupported="ignore").items()}
+
+
+# Layers that combine several inputs: with them the network is not a chain of maps, and the product of
+# the layer norms does not bound its Lipschitz constant (a residual block x + F(x) has up to 1 + Lip(F)).
+_MERGE_LAYERS = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply, keras.layers.Average,
+                 keras.layers.Maximum, keras.layers.Minimum, keras.layers.Concatenate, keras.layers.Dot)
+
+
+def _geometry(layer) -> dict:
+    """What fixes a layer's operator, JSON-safe: kernel shape, and for convolutions input size, stride, ..."""
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return {"channels": int(layer.gamma.shape[0]) if layer.gamma is not None else None}
+    if isinstance(layer, keras.layers.Dense):
+        return {"kernel": list(layer.kernel.shape)}
+    geometry = norms.conv_geometry(layer)
+    padding = geometry["padding"]
+    return {
+        "kernel": list(geometry["kernel"].shape),
+        "input_shape": list(geometry["input_shape"]),
+        "strides": list(geometry["strides"]),
+        "padding": padding if isinstance(padding, str) else [list(pair) for pair in padding],
+        "dilation_rate": list(geometry["dilation_rate"]),
+        "groups": geometry["groups"],
+    }
+
+
+def norm_table(model, ords=(1, np.inf, 2)) -> dict:
+    """Every layer's operator norms and their products over the network: the report of ``tfnorms norms``.
+
+    l1 and l_inf norms are exact (:func:`tfnorms.norms.layer_norm`); the
+    spectral norm (``ord=2``) is exact for Dense and BatchNormalization layers
+    and, for zero-padded convolutions, block power iteration converged to its
+    tolerance: an estimate from below, not a certified bound.
+
+    The product of a column is an upper bound on the network's Lipschitz
+    constant in that norm (induced norms are submultiplicative) only when the
+    network is a chain of these layers and of 1-Lipschitz maps (ReLU, max or
+    average pooling with non-overlapping windows, flatten), with exact or
+    upper-bounded factors. ``products[<ord>]["upper_bound"]`` says whether that
+    holds as far as the model shows it, and ``"caveats"`` says why not:
+    residual / merge layers, layers with weights and no norm here, pooling
+    with overlapping windows (l1 and l2), or spectral estimates from below.
+    Activations are not inspected.
+
+    Args:
+        model: a built ``keras.Model``.
+        ords: some of ``1``, ``numpy.inf``, ``2`` (spellings of ``tfnorms._args.ords``).
+
+    Returns:
+        ``{"model", "ords", "layers": [{"path", "type", "geometry", "l1", "linf", "l2",
+        "l2_exact"}], "products": {"l1": {"value", "upper_bound", "caveats"}, ...}}``
+        with only the ords asked for.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, kernel_initializer="ones"),
+        ...                           keras.layers.ReLU(), keras.layers.Dense(1, kernel_initializer="ones")])
+        >>> table = norm_table(model, ords=(1, np.inf))
+        >>> [row["l1"] for row in table["layers"]], table["products"]["linf"]["value"]
+        ([2.0, 1.0], 8.0)
+    """
+    ords = _args.ords(ords, "ords", allowed=(1, np.inf, 2))
+    values = {ord: norms.model_norms(model, ord, on_unsupported="ignore") for ord in ords}
+    rows = []
+    for layer in _keras.flatten_layers(model):
+        if not norms.is_supported(layer):
+            continue
+        row = {"path": layer.path, "type": type(layer).__name__, "geometry": _geometry(layer)}
+        for ord in ords:
+            row[_args.ord_name(ord)] = float(values[ord][layer.path])
+        if 2 in ords:
+            row["l2_exact"] = not isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
+        rows.append(row)
+    merges = [layer.path for layer in _keras.flatten_layers(model) if isinstance(layer, _MERGE_LAYERS)]
+    unsupported = [layer.path for layer in norms.unsupported_layers(model)]
+    overlapping = [layer.path for layer in _keras.flatten_layers(model)
+                   if isinstance(layer, (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D))
+                   and any(p > s for p, s in zip(layer.pool_size, layer.strides))]
+    products = {}
+    for ord in ords:
+        name = _args.ord_name(ord)
+        caveats = []
+        if merges:
+            caveats.append(f"merge layers ({', '.join(merges)}): the network is not a chain, the product of the "
+                           "layer norms does not bound a residual block x + F(x)")
+        if unsupported:
+            caveats.append(f"layers with weights and no operator norm here: {', '.join(unsupported)}")
+        if overlapping and ord != np.inf:
+            caveats.append(f"pooling with overlapping windows ({', '.join(overlapping)}) is not 1-Lipschitz in {name}")
+        if ord == 2 and not all(row["l2_exact"] for row in rows):
+            caveats.append("convolution spectral norms are power-iteration estimates from below, not bounds")
+        products[name] = {"value": float(np.prod([row[name] for row in rows])), "upper_bound": not caveats,
+                          "caveats": caveats}
+    return {"model": model.name, "ords": [_args.ord_name(ord) for ord in ords], "layers": rows, "products": products}
 
 
 def write_json(path, payload):

@@ -255,11 +255,18 @@ def _batch_function(model, attack, training, x, y):
     )
 
 
+def _points(x, max_examples):
+    """How many points :func:`evaluate` will read (``None`` if a data set's length is unknown)."""
+    total = None if isinstance(x, tf.data.Dataset) else len(x)
+    return max_examples if total is None else min(total, max_examples or total)
+
+
 def _first(x_batch, y_batch, limit):
     return (x_batch, y_batch) if limit is None else (x_batch[:limit], y_batch[:limit])
 
 
-def evaluate(model, x, y=None, attacks=None, *, batch_size=128, training=False, max_examples=None) -> RobustnessReport:
+def evaluate(model, x, y=None, attacks=None, *, batch_size=128, training=False, max_examples=None,
+             verbose=0) -> RobustnessReport:
     """The one robustness evaluation: clean accuracy, and robust accuracy and stability per attack and worst case.
 
     A point is robust only if every attack leaves it correctly classified, and
@@ -277,6 +284,8 @@ def evaluate(model, x, y=None, attacks=None, *, batch_size=128, training=False, 
         batch_size: batch size for array inputs.
         training: mode of the evaluation forward passes.
         max_examples: evaluate only the first ``max_examples`` points.
+        verbose: 1 shows a progress bar over the points (with the running
+            worst-case robust accuracy), 0 is silent.
 
     Returns:
         A :class:`RobustnessReport`.
@@ -299,7 +308,9 @@ def evaluate(model, x, y=None, attacks=None, *, batch_size=128, training=False, 
     """
     named = _named_attacks(attacks)
     max_examples = _args.positive_int(max_examples, "max_examples", allow_none=True)
+    _args.choice(verbose, "verbose", (0, 1))
     tally, functions = _Tally(named), {}
+    progress = keras.utils.Progbar(_points(x, max_examples), unit_name="point") if verbose else None
     for x_batch, y_batch in _batches(x, y, batch_size):
         if max_examples is not None and tally.count >= max_examples:
             break
@@ -315,6 +326,8 @@ def evaluate(model, x, y=None, attacks=None, *, batch_size=128, training=False, 
             _inputs.check_labels(y_batch, clean.shape[-1])  # a plain callable's class count is known only now
             _inputs.check_finite_logits(adversarial[name], inputs=f"the outputs of attack {name!r}")
         tally.add(y_batch, clean, adversarial)
+        if progress is not None:
+            progress.add(len(y_batch), values=[("robust_accuracy", tally.sums["robust"] / tally.count)])
     if tally.count == 0:
         raise _args.invalid("x", "at least one point (zero points have no accuracy)", "an empty data set")
     return tally.report({name: attack.get_config() for name, attack in named.items()})

@@ -19,6 +19,8 @@ complete step without retraining or rewriting anything that had finished:
   over interrupted runs.
 
 Only local file systems are supported (``os.replace`` is the commit point).
+With several workers (``MultiWorkerMirroredStrategy``) only the chief writes
+where it is told; every other worker writes into its own :func:`worker_dir`.
 
 Fault injection for tests: if the environment variable ``TFNORMS_FAULT_AT``
 equals the name of a point that a run passes, the process sends itself
@@ -69,11 +71,44 @@ __all__ = [
     "load_finished_model",
     "save_model",
     "train_once",
+    "worker_dir",
     "write_json_atomic",
 ]
 
 FAULT_ENV = "TFNORMS_FAULT_AT"
 _PARTIAL = ".partial."
+
+
+WORKER_DIR_PREFIX = "workertemp_"
+
+
+def worker_dir(path, strategy=None):
+    """``path`` on the chief of a multi-worker cluster (or without one); a directory of its own on other workers.
+
+    Under ``MultiWorkerMirroredStrategy`` every worker runs the same program;
+    only the chief (``strategy.extended.should_checkpoint``) writes to ``path``,
+    the others to ``path/workertemp_<task type>_<task id>`` (their backups,
+    logs and outputs, as tf.distribute expects), so no two workers write the
+    same file. A path already inside this worker's directory is returned as is.
+
+    Args:
+        path: the chief's directory.
+        strategy: the ``tf.distribute`` strategy (default: the current one).
+
+    Example:
+        >>> worker_dir("runs/x")  # no cluster: the path itself
+        'runs/x'
+    """
+    import tensorflow as tf
+
+    strategy = tf.distribute.get_strategy() if strategy is None else strategy
+    if not _keras.in_multi_worker_mode(strategy) or strategy.extended.should_checkpoint:
+        return path
+    resolver = strategy.cluster_resolver
+    name = f"{WORKER_DIR_PREFIX}{resolver.task_type}_{resolver.task_id}"
+    if name in os.path.normpath(path).split(os.sep):
+        return path
+    return os.path.join(path, name)
 
 
 class ResumeError(RuntimeError):

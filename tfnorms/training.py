@@ -210,7 +210,7 @@ def _num_replicas():
 
 
 @keras.saving.register_keras_serializable(package="tfnorms")
-class AdversarialTrainer(keras.Model):
+class AdversarialTrainer(_keras.MultiWorkerFit, keras.Model):
     """Wraps a logits classifier and trains it adversarially with ``fit``.
 
     Methods (per-example loss, averaged over the batch; docs/theory.md#adversarial-losses):
@@ -444,7 +444,7 @@ class AdversarialTrainer(keras.Model):
         self.robust_loss_tracker.update_state(terms.robust, sample_weight=sample_weight)
         self.clean_accuracy_tracker.update_state(y, clean_logits, sample_weight=sample_weight)
         self.adversarial_accuracy_tracker.update_state(y, adversarial_logits, sample_weight=sample_weight)
-        return {tracker.name: tracker.result() for tracker in self._train_trackers}
+        return _keras.replica_logs({tracker.name: tracker.result() for tracker in self._train_trackers})
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -463,7 +463,7 @@ class AdversarialTrainer(keras.Model):
         self.clean_accuracy_tracker.update_state(y, clean_logits, sample_weight=sample_weight)
         self.robust_accuracy_tracker.update_state(y, adversarial_logits, sample_weight=sample_weight)
         self.stability_tracker.update_state(clean_logits, adversarial_logits, sample_weight=sample_weight)
-        return {tracker.name: tracker.result() for tracker in self._test_trackers}
+        return _keras.replica_logs({tracker.name: tracker.result() for tracker in self._test_trackers})
 
     def get_config(self):
         beta = None if self.method == "pgd" else float(keras.ops.convert_to_numpy(self.beta))
