@@ -23,10 +23,13 @@ anything is timed. Both cascades run on the same ``--points`` test points.
 
 The ratio is PyTorch seconds over tfnorms seconds (higher is faster for tfnorms);
 robust accuracies are the share of points misclassified by neither cascade's
-output (each output point checked to be in the eps-ball and [0, 1]).
+output (each output point checked to be in the eps-ball and [0, 1]). On shared cores
+give both frameworks one thread (``--threads=1``): PyTorch's OpenMP threads slow down
+about 10x on oversubscribed cores, which would inflate the ratio.
 
 Usage:
-    python benchmarks/autoattack_speed.py              # about 30 minutes on 2 shared cores
+    python benchmarks/autoattack_speed.py --n_iter=20 --n_queries=1000 --threads=1   # ~10 minutes under load
+    python benchmarks/autoattack_speed.py              # standard budgets: hours on 2 shared cores
     python benchmarks/autoattack_speed.py --quick      # smoke test (WRN-10-1, 16x16, tiny budgets)
 Writes benchmarks/results/autoattack_speed.json (or --output).
 """
