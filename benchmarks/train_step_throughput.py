@@ -43,6 +43,7 @@ import statistics
 import time
 
 from _machine import define_common_flags, machine_facts, write_json
+from _torch_wrn import torch_wide_resnet
 from absl import app, flags
 import keras
 import numpy as np
@@ -88,48 +89,11 @@ def make_tfnorms_step(config, policy, jit_compile):
 def make_torch_step(config):
     import torch
     import torch.nn.functional as F
-    from torch import nn
-
-    class BasicBlock(nn.Module):
-        """Pre-activation block of the TRADES WideResNet (docs/theory.md#reference-models)."""
-
-        def __init__(self, in_planes, out_planes, stride):
-            super().__init__()
-            self.bn1, self.bn2 = nn.BatchNorm2d(in_planes), nn.BatchNorm2d(out_planes)
-            self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride, 1, bias=False)
-            self.conv2 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=False)
-            self.equal = in_planes == out_planes
-            self.shortcut = None if self.equal else nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False)
-
-        def forward(self, x):
-            activated = F.relu(self.bn1(x))
-            h = self.conv1(activated)
-            h = self.conv2(F.relu(self.bn2(h)))
-            return (x if self.equal else self.shortcut(activated)) + h
-
-    class WideResNet(nn.Module):
-        def __init__(self, depth, width, num_classes=10):
-            super().__init__()
-            blocks = (depth - 4) // 6
-            channels = [16, 16 * width, 32 * width, 64 * width]
-            self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-            layers = []
-            for group, stride in zip(range(3), (1, 2, 2)):
-                for i in range(blocks):
-                    layers.append(BasicBlock(channels[group] if i == 0 else channels[group + 1],
-                                             channels[group + 1], stride if i == 0 else 1))
-            self.blocks = nn.Sequential(*layers)
-            self.bn = nn.BatchNorm2d(channels[3])
-            self.fc = nn.Linear(channels[3], num_classes)
-
-        def forward(self, x):
-            h = F.relu(self.bn(self.blocks(self.conv1(x))))
-            return self.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
 
     if FLAGS.threads:
         torch.set_num_threads(FLAGS.threads)
     torch.manual_seed(0)
-    model = WideResNet(config["depth"], config["width"])
+    model = torch_wide_resnet(config["depth"], config["width"])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     rng = np.random.default_rng(0)
     height, width, channels = config["input_shape"]

@@ -320,6 +320,19 @@ def test_report_is_json_reproducible_and_records_the_seed(trained, digits, tmp_p
     np.testing.assert_array_equal(repeat.adversarial, first.adversarial)
 
 
+def test_cascade_traces_each_compiled_function_once(trained, digits):
+    """Every subset size (target classes, batches, a second call on fewer points) reuses one trace per function."""
+    _, _, x, y = digits
+    auto = attacks.AutoAttack(EPS, seed=0, n_iter=2, n_queries=5, batch_size=10, verbose=0)
+    for n in (24, 13):
+        result = auto.evaluate(trained, x[:n], y[:n])
+        assert 0 < result.robust_accuracy < result.clean_accuracy  # points left and broken: subsets shrink
+    assert auto.tracing_counts() == {name: 1 for name in ("clean_pass", "predict", "apgd-ce", "apgd-t", "fab-t", "square")}
+    fab = auto._attack_list()[2][1]
+    fab.run(trained, x[:3], y[:3], seed=1)
+    assert fab.tracing_count() == 1
+
+
 def test_rand_version_runs_apgd_with_eot(trained, digits):
     _, _, x, y = digits
     auto = attacks.AutoAttack(EPS, version="rand", n_iter=2, seed=0, verbose=0)

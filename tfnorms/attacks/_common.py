@@ -74,6 +74,42 @@ def subset_indices(still_robust: tf.Tensor) -> tf.Tensor:
     return tf.range(tf.shape(still_robust)[0])
 
 
+class AnyBatchFunction:
+    """``tf.function(python_function)`` traced once for every batch size: ``f(model, *batched, **unbatched)``.
+
+    The cascade calls an attack's compiled run on the points still robust, a
+    different number at every target class, restart and attack. A plain
+    ``tf.function`` traces the first two sizes before it relaxes the batch
+    dimension; here every call first asks for the trace whose positional
+    tensor arguments have an unknown leading dimension (keyword arguments, e.g.
+    a ``[2]`` seed, keep their shapes), and the call itself then reuses it.
+
+    Example:
+        >>> import keras
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+        >>> f = AnyBatchFunction(lambda model, x, seed: model(x))
+        >>> [f(model, tf.zeros([n, 4]), seed=tf.constant([0, 1])).shape[0] for n in (1, 5, 2)]
+        [1, 5, 2]
+        >>> f.tracing_count()
+        1
+    """
+
+    def __init__(self, python_function):
+        self.function = tf.function(python_function, reduce_retracing=True)
+
+    def __call__(self, model, *batched, **unbatched):
+        batched = [tf.convert_to_tensor(value) for value in batched]
+        unbatched = {key: tf.convert_to_tensor(value) for key, value in unbatched.items()}
+        specs = [tf.TensorSpec([None] + value.shape[1:], value.dtype) for value in batched]
+        fixed = {key: tf.TensorSpec(value.shape, value.dtype) for key, value in unbatched.items()}
+        self.function.get_concrete_function(model, *specs, **fixed)  # traced on the first call only
+        return self.function(model, *batched, **unbatched)
+
+    def tracing_count(self) -> int:
+        """How often the function was traced (1 per model and input shape unless something retraces)."""
+        return self.function.experimental_get_tracing_count()
+
+
 def scatter(values: tf.Tensor, indices: tf.Tensor, updates: tf.Tensor) -> tf.Tensor:
     """``values`` with rows ``indices`` replaced by ``updates``."""
     return tf.tensor_scatter_nd_update(values, indices[:, None], updates)

@@ -205,7 +205,7 @@ class APGD(base.RestartAttack):
             gradient = gradient / float(self.eot_iter)
         return logits, loss, gradient
 
-    def _single_run(self, model, x, labels, targets, seed):
+    def _single_run(self, model, x, labels, targets, *, seed):
         """One APGD run on every point of the batch; returns (x_best, success, loss_best, x_best_adv)."""
         schedule = _schedule_tensors(self.n_iter)
         x_adv = self._random_start(x, seed)
@@ -310,7 +310,7 @@ class APGD(base.RestartAttack):
         return tf.logical_not(state["success"])
 
     def _updates(self, model, rows, run):
-        x_best, succeeded, loss_best, x_best_adv = self._compiled(model, run.x, run.labels, run.targets, run.seed)
+        x_best, succeeded, loss_best, x_best_adv = self._compiled(model, run.x, run.labels, run.targets, seed=run.seed)
         active = tf.logical_not(rows["success"])
         succeeded = tf.logical_and(succeeded, active)
         better = tf.logical_and(active, tf.logical_or(succeeded, loss_best > rows["loss"]))

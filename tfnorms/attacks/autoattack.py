@@ -253,8 +253,8 @@ class AutoAttack(base.Attack):
             raise ValueError(f"Invalid value for argument `verbose`. Expected 0, 1 or 2. Received: verbose={verbose!r}")
         self.verbose = int(verbose)
         self._attack_cache = None
-        self._clean_pass = tf.function(self._clean_outputs, reduce_retracing=True)
-        self._predict = tf.function(self._predictions, reduce_retracing=True)
+        self._clean_pass = _common.AnyBatchFunction(self._clean_outputs)
+        self._predict = _common.AnyBatchFunction(self._predictions)
 
     # ------------------------------------------------------------------ attacks
     def _build(self, name):
@@ -299,6 +299,24 @@ class AutoAttack(base.Attack):
     def attack_names(self) -> List[str]:
         """Names of the attacks run, in cascade order."""
         return [name for name, _ in self._attack_list()]
+
+    def tracing_counts(self) -> Dict[str, int]:
+        """How often each compiled function of the cascade has been traced so far (a profiling aid).
+
+        Each is traced once per model and input shape, for any number of
+        points (:class:`~tfnorms.attacks._common.AnyBatchFunction`); attacks
+        that have not run yet count 0, attacks that are not
+        :class:`~tfnorms.attacks.RestartAttack` are left out.
+
+        Example:
+            >>> AutoAttack(8 / 255).tracing_counts()
+            {'clean_pass': 0, 'predict': 0, 'apgd-ce': 0, 'apgd-t': 0, 'fab-t': 0, 'square': 0}
+        """
+        counts = {"clean_pass": self._clean_pass.tracing_count(), "predict": self._predict.tracing_count()}
+        for name, attack in self._attack_list():
+            if isinstance(attack, base.RestartAttack):
+                counts[name] = attack.tracing_count()
+        return counts
 
     # ------------------------------------------------------------------ checks
     @staticmethod

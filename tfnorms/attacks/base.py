@@ -214,6 +214,10 @@ class RestartAttack(Attack):
         del num_classes
         return None
 
+    def tracing_count(self) -> int:
+        """How often the compiled single run has been traced (0 before the first run; then 1 per model and shape)."""
+        return 0 if self._compiled is None else self._compiled.tracing_count()
+
     def run(self, model, x, y, *, seed=None, clean_logits=None):
         """Runs every target class and restart on a batch.
 
@@ -237,7 +241,7 @@ class RestartAttack(Attack):
         """
         del clean_logits
         if self._compiled is None:
-            self._compiled = tf.function(self._single_run, reduce_retracing=True)
+            self._compiled = _common.AnyBatchFunction(self._single_run)
         x, clean_logits, labels = _common.checked_inputs(model, x, y)
         num_classes = clean_logits.shape[-1]
         reason = self.unmet_requirement(num_classes)
@@ -261,8 +265,12 @@ class RestartAttack(Attack):
         return self._result(state, x, clean_logits, labels)
 
     @abc.abstractmethod
-    def _single_run(self, model, x, labels, *args):
-        """One compiled run on every point of ``x`` (traced once per model and shape)."""
+    def _single_run(self, model, x, labels, *args, seed):
+        """One compiled run on every point of ``x``; ``seed`` is the ``[2]`` seed, the other arguments are per point.
+
+        Traced once per model and input shape, for any number of points
+        (:class:`~tfnorms.attacks._common.AnyBatchFunction`).
+        """
 
     @abc.abstractmethod
     def _initial_state(self, x, clean_logits, labels) -> Dict[str, tf.Tensor]:

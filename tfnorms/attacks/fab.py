@@ -162,7 +162,7 @@ class FAB(base.RestartAttack):
             backward_step = beta
         self.backward_step = _args.number(backward_step, "backward_step", low=0.0, high=1.0, low_open=True)
 
-    def _single_run(self, model, x, labels, targets, seed, start_radius):
+    def _single_run(self, model, x, labels, targets, start_radius, *, seed):
         """One run on all points from ``x`` + a random point at l_inf radius ``start_radius`` (``[batch]``).
 
         Returns (best adversarial point, its l_inf norm or 1e10).
@@ -223,7 +223,7 @@ class FAB(base.RestartAttack):
     def _updates(self, model, rows, run):
         old_norm = rows["norm"]
         start_radius = 0.5 * tf.minimum(old_norm, self.eps) if run.restart > 0 else tf.zeros_like(old_norm)
-        found, found_norm = self._compiled(model, run.x, run.labels, run.targets, run.seed, start_radius)
+        found, found_norm = self._compiled(model, run.x, run.labels, run.targets, start_radius, seed=run.seed)
         better = tf.logical_and(found_norm < old_norm, old_norm > self.eps)
         return dict(
             adversarial=tf.where(_common.broadcast(better, run.x), found, rows["adversarial"]),

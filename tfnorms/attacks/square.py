@@ -93,7 +93,7 @@ class Square(base.RestartAttack):
         self.n_queries = _args.positive_int(n_queries, "n_queries")
         self.p_init = _args.number(p_init, "p_init", low=0.0, high=1.0, low_open=True)
 
-    def _single_run(self, model, x, labels, seed):
+    def _single_run(self, model, x, labels, *, seed):
         if x.shape.rank != 4 or None in x.shape[1:]:
             raise ValueError(f"Square expects NHWC images with a static shape [batch, H, W, C]. Received: {x.shape}")
         height, width, channels = x.shape[1:]
@@ -145,7 +145,7 @@ class Square(base.RestartAttack):
         return state["margin"] > 0.0
 
     def _updates(self, model, rows, run):
-        found, found_margin, used = self._compiled(model, run.x, run.labels, run.seed)
+        found, found_margin, used = self._compiled(model, run.x, run.labels, seed=run.seed)
         active = rows["margin"] > 0.0
         better = tf.logical_and(active, found_margin < rows["margin"])
         return dict(
