@@ -140,7 +140,7 @@ def _checked_flags():
     grid = [float(v) for v in FLAGS.lambda_grid]
     if any(not v > 0 for v in grid):
         raise ValueError(f"Invalid value for flag `lambda_grid`. Expected positive lambdas. Received: {grid!r}")
-    if len(widths) < 2 and (len(FLAGS.schedules) > 1 or grid):
+    if len(widths) < 2:
         raise ValueError(f"Invalid value for flag `widths`. Expected at least two widths (the narrowest is the "
                          f"tuned reference). Received: {FLAGS.widths!r}")
     return widths, list(dict.fromkeys(FLAGS.schedules)), grid
@@ -257,7 +257,7 @@ def run():
         tables=[((f"Tuning cost at width {widths[-1]} (training runs and minutes per seed; the grid's best lambda "
                   "is chosen on the evaluated test points, which favours the grid)"),
                  cost, ["approach", "final_lambda", "robust_accuracy", "stability", "clean_accuracy", "runs",
-                        "minutes"])] if len(widths) > 1 else [],
+                        "minutes"])],
         plots={
             "width_study.png": lambda path: experiments.plot_metrics_vs_width(
                 curves, path, title=f"{FLAGS.dataset}, WRN-{FLAGS.depth}-w, {FLAGS.method}"),

@@ -71,7 +71,7 @@ def test_width_study(tmp_path):
     assert json.loads((out / "reference_run_s1.json").read_text())["history"]["robust_loss"]
     for name in ("width_study.png", "war_lambda.png"):
         assert_png(out / name)
-    assert "| stability | 2 | 2.0 |" in stdout and " ± " in stdout and "Tuning cost at width 2" in stdout
+    assert "| stability | 2 | 2.0000 |" in stdout and " ± " in stdout and "Tuning cost at width 2" in stdout
     assert list((out / "tensorboard_stability_w2_s0" / "train").glob("events.out.tfevents.*"))
 
 
