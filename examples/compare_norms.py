@@ -7,9 +7,12 @@ given with ``--models``, then compares the exact per-layer l1 operator norms
 (``layer_norms_l1.png``) and the distribution of all layer norms per model
 (``norm_distribution.png``) with "(clean % | robust %)" in the legend, plus
 ``results.json`` and ``results.md`` in ``--output_dir``. Trained models are
-saved there as ``<method>.keras``.
+saved there as ``<method>_s<seed>.keras``. Every method trains with
+``--seeds`` seeds: ``results.json`` holds per-seed rows with their ``mean`` and
+``std`` (per-layer norms too), ``results.md`` shows ``mean ± std`` and the
+plots the spread (error bars of the per-layer means).
 
-CPU default (embedded digits data, small CNN, about 6 minutes on 2 cores):
+CPU default (embedded digits data, small CNN, 3 seeds, about 18 minutes on 2 cores):
 
     python examples/compare_norms.py
 
@@ -46,16 +49,19 @@ experiments.define_flags(
     dataset="digits", data_dir=None, image_size=16, model="small_cnn", width=16, depth=10, beta=1.0, epochs=15,
     batch_size=64, lr=0.05, milestones=["11", "14"], eps=0.1, step_size=0.025, attack_steps=5, attack="apgd",
     eval_steps=20, apgd_iter=20, train_examples=0, eval_batch_size=512, eval_examples=0,
-    output_dir="runs/compare_norms", seed=0,
+    output_dir="runs/compare_norms", seed=0, seeds=3,
     helps=dict(beta="TRADES / ALP beta (the paper's script: 1.0).",
                eps="l_inf radius of the training attack (0.031 on CIFAR-10).",
                eval_steps="Steps of PGD (--attack=pgd).",
                eval_examples="Evaluate on this many test examples (0 = all; the paper: 1024).",
-               seed="Random seed (same initialisation for every method)."),
+               seed="First random seed (the same initialisation for every method of a seed)."),
 )
 flags.DEFINE_list("methods", ["natural", "pgd", "trades", "alp"], "Training methods to compare.")
 flags.DEFINE_list("models", [], "Saved .keras classifiers ('label=path' or 'path') instead of training.")
 flags.DEFINE_float("eval_eps", None, "l_inf radius of the evaluation (default --eps; the paper: 8/255).")
+
+
+METRICS = ("clean_accuracy", "robust_accuracy", "stability", "mean_l1", "median_l1", "max_l1", "log10_prod_l1")
 
 
 def _saved_models():
@@ -64,12 +70,12 @@ def _saved_models():
         path = os.path.expanduser(path)
         label = label or os.path.splitext(os.path.basename(path))[0]
         loaded = keras.models.load_model(path)
-        yield label, getattr(loaded, "model", loaded), dict(source=path)  # a saved trainer: its classifier
+        yield label, FLAGS.seed, getattr(loaded, "model", loaded), dict(source=path)  # a saved trainer: its classifier
 
 
-def _trained_models(info, train_ds):
+def _trained_models(seed, info, train_ds):
     for method in FLAGS.methods:
-        keras.utils.set_random_seed(FLAGS.seed)
+        keras.utils.set_random_seed(seed)
         classifier = experiments.build_classifier(FLAGS.model, info, depth=FLAGS.depth, width=FLAGS.width)
         attack = None
         if method != "natural":
@@ -79,9 +85,9 @@ def _trained_models(info, train_ds):
             classifier, train_ds, method=method, epochs=FLAGS.epochs, lr=FLAGS.lr,
             milestones=[int(m) for m in FLAGS.milestones], beta=FLAGS.beta if method in ("trades", "alp") else None,
             attack=attack)
-        path = os.path.join(FLAGS.output_dir, f"{method}.keras")
+        path = os.path.join(FLAGS.output_dir, f"{method}_s{seed}.keras")
         classifier.save(path)
-        yield method, classifier, dict(source=path, train_seconds=round(time.time() - start, 1))
+        yield method, seed, classifier, dict(source=path, train_seconds=round(time.time() - start, 1))
 
 
 def _measure(label, classifier, test_ds, attack):
@@ -96,38 +102,56 @@ def _measure(label, classifier, test_ds, attack):
     return row, norms
 
 
+def _sources():
+    """``(label, seed, classifier, extra)`` of every model: the saved ones, or each seed's trained ones."""
+    if FLAGS.models:
+        if FLAGS.seeds != 1:
+            raise ValueError(f"Invalid value for flag `seeds`. Expected 1 with --models (saved models have no "
+                             f"seeds to repeat). Received: {FLAGS.seeds}")
+        yield from _saved_models()
+        return
+    for seed in experiments.seed_values(FLAGS.seed, FLAGS.seeds):
+        info, train_ds, _ = experiments.study_data(FLAGS, seed=seed)
+        yield from _trained_models(seed, info, train_ds)
+
+
 def run():
     """Runs the comparison with the current FLAGS; returns the report dict."""
     os.makedirs(FLAGS.output_dir, exist_ok=True)
-    info, train_ds, test_ds = experiments.study_data(FLAGS)
+    info, _, test_ds = experiments.study_data(FLAGS)
     eval_eps = FLAGS.eval_eps if FLAGS.eval_eps is not None else FLAGS.eps
     attack = experiments.evaluation_attacks(eval_eps, FLAGS.eval_steps, kind=FLAGS.attack, apgd_iter=FLAGS.apgd_iter,
                                             n_target_classes=min(9, info.num_classes - 1))
-    source = _saved_models() if FLAGS.models else _trained_models(info, train_ds)
-    rows, norms_l1 = [], {}
-    for label, classifier, extra in source:
-        row, norms_l1[label] = _measure(label, classifier, test_ds, attack)
-        rows.append(dict(row, **extra))
+    runs, per_seed_norms = [], {}
+    for label, seed, classifier, extra in _sources():
+        row, norms = _measure(label, classifier, test_ds, attack)
+        runs.append(dict(row, seed=seed, **extra))
+        per_seed_norms.setdefault(label, []).append(norms)
 
+    rows = experiments.summarize_runs(runs, ["model"], METRICS)
+    norms_l1 = {label: experiments.summarize_seeds(v, list(v[0])) for label, v in per_seed_norms.items()}
     report = dict(study="compare_norms", dataset=FLAGS.dataset, model=FLAGS.model, eval_eps=eval_eps,
-                  attacks=list(attack), runs=rows, layer_norms_l1=norms_l1)
+                  seeds=FLAGS.seeds, attacks=list(attack), runs=rows, layer_norms_l1=norms_l1)
+    spreads = experiments.layer_norm_spreads(norms_l1)
     legend = {
-        f"{r['model']} ({100 * r['clean_accuracy']:.1f}% | {100 * r['robust_accuracy']:.1f}%)": norms_l1[r["model"]]
-        for r in rows
+        f"{r['model']} ({100 * r['mean']['clean_accuracy']:.1f}% | {100 * r['mean']['robust_accuracy']:.1f}%)":
+            r["model"] for r in rows
     }
     return experiments.write_results(
         FLAGS.output_dir, report,
         header=(f"Layer l1 norms: {FLAGS.dataset}, {FLAGS.model}; robust accuracy at eps {eval_eps:.4f} under "
-                f"{' + '.join(attack)} (worst case), {rows[0]['examples']} test examples\n\n"),
+                f"{' + '.join(attack)} (worst case), {runs[0]['examples']} test examples, mean ± std over "
+                f"{FLAGS.seeds} seeds\n\n"),
         rows=rows,
-        columns=["model", "clean_accuracy", "robust_accuracy", "layers", "mean_l1", "median_l1", "max_l1",
-                 "log10_prod_l1"],
+        columns=["model", "clean_accuracy", "robust_accuracy", "mean_l1", "median_l1", "max_l1", "log10_prod_l1"],
         plots={
             "layer_norms_l1.png": lambda path: experiments.plot_layer_norms(
-                legend, path, title=f"Per-layer l1 norms (clean | robust accuracy), {FLAGS.dataset}"),
+                {text: spreads[model] for text, model in legend.items()}, path,
+                title=f"Per-layer l1 norms (clean | robust accuracy), {FLAGS.dataset}"),
             "norm_distribution.png": lambda path: experiments.plot_norm_distributions(
-                {k: list(v.values()) for k, v in legend.items()}, path,
-                title="Distribution of layer l1 norms (clean | robust)"),
+                {text: [v for seed_norms in norms_l1[model]["per_seed"] for v in seed_norms.values()]
+                 for text, model in legend.items()}, path,
+                title="Distribution of layer l1 norms, all seeds (clean | robust)"),
         },
     )
 

@@ -45,6 +45,44 @@ def test_format_table_is_markdown_with_formatted_floats_nan_and_missing_cells():
     assert experiments.format_table([], ["x"]) == "| x |\n|---|"
 
 
+def test_seed_summaries_are_mean_and_sample_std_and_render_as_plus_minus(tmp_path):
+    rng = np.random.default_rng(0)
+    per_seed = [{"seed": s, "acc": float(a), "loss": float(b)} for s, (a, b) in enumerate(rng.random((3, 2)))]
+    row = experiments.summarize_seeds(per_seed, ["acc", "loss"], run="wd")
+    for key in ("acc", "loss"):
+        values = np.array([r[key] for r in per_seed])
+        assert row["mean"][key] == pytest.approx(values.mean())
+        assert row["std"][key] == pytest.approx(math.sqrt(((values - values.mean()) ** 2).sum() / 2))
+    assert row["run"] == "wd" and row["per_seed"] == per_seed
+    cell = f"{row['mean']['acc']:.4f} ± {row['std']['acc']:.4f}"
+    assert experiments.format_table([row], ["run", "acc"]).splitlines()[-1] == f"| wd | {cell} |"
+    # One seed: no spread (NaN in the table's place, null in JSON), the mean alone.
+    single = experiments.summarize_seeds(per_seed[:1], ["acc"])
+    assert math.isnan(single["std"]["acc"])
+    assert experiments.format_table([single], ["acc"]).splitlines()[-1] == f"| {per_seed[0]['acc']:.4f} |"
+    experiments.write_json(tmp_path / "r.json", single)
+    assert json.loads((tmp_path / "r.json").read_text())["std"] == {"acc": None}
+    grouped = experiments.summarize_runs(per_seed + [{"seed": 0, "acc": 1.0, "loss": 0.0}], ["seed"], ["acc"])
+    assert [(g["seed"], len(g["per_seed"])) for g in grouped] == [(0, 2), (1, 1), (2, 1)]
+    assert experiments.seed_values(5, 3) == [5, 6, 7]
+    with pytest.raises(ValueError, match="`seeds`"):
+        experiments.seed_values(0, 0)
+    with pytest.raises(ValueError, match="`per_seed`"):
+        experiments.summarize_seeds([], ["acc"])
+
+
+def test_split_holdout_removes_the_first_points_from_the_evaluation():
+    dataset = tiny_dataset(n=20, batch_size=8)
+    x_all = np.concatenate([x.numpy() for x, _ in dataset])
+    (x_held, y_held), rest = experiments.split_holdout(dataset, 6)
+    assert x_held.shape == (6, *TINY.image_shape) and y_held.shape == (6,)
+    np.testing.assert_array_equal(x_held, x_all[:6])
+    np.testing.assert_array_equal(np.concatenate([x.numpy() for x, _ in rest]), x_all[6:])
+    assert max(int(x.shape[0]) for x, _ in rest) == 8
+    with pytest.raises(ValueError, match="`examples`"):
+        experiments.split_holdout(dataset, 21)
+
+
 def test_write_json_makes_nan_and_numpy_values_json_safe(tmp_path):
     payload = {
         "accuracy": np.float32(0.25),

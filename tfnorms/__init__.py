@@ -12,7 +12,7 @@ from tfnorms import norms  # noqa: E402
 from tfnorms._keras import UnboundWarning, bind  # noqa: E402
 from tfnorms import attacks, metrics  # noqa: E402
 from tfnorms.training import AdversarialTrainer  # noqa: E402
-from tfnorms import callbacks, constraints, regularizers  # noqa: E402
+from tfnorms import callbacks, constraints, regularizers, war  # noqa: E402
 from tfnorms.constraints import MaxBatchNormNorm, MaxOperatorNorm, SingularValueClip  # noqa: E402
 from tfnorms.regularizers import NormDecay, NormDecayMomentum  # noqa: E402
 
@@ -27,4 +27,5 @@ __all__ += [
     "callbacks",
     "constraints",
     "regularizers",
+    "war",
 ]

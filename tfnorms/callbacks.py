@@ -19,9 +19,18 @@ import numpy as np
 import tensorflow as tf
 
 from tfnorms import _args, _keras, norms
-from tfnorms.war import WidthAdjustedRegularization  # re-exported: a callback of the width study
 
-__all__ = ["LayerNormLogger", "SingularValueClipping", "WidthAdjustedRegularization"]
+__all__ = ["LayerNormLogger", "SingularValueClipping"]
+
+
+def __getattr__(name):
+    # The lambda schedules live in tfnorms.war (above this module: they evaluate the model's stability).
+    # The former re-export stays reachable, and constructing it warns.
+    if name == "WidthAdjustedRegularization":
+        from tfnorms import war
+
+        return war.WidthAdjustedRegularization
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _spatial_known(shape):

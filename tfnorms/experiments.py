@@ -52,6 +52,7 @@ __all__ = [
     "evaluate",
     "evaluation_attacks",
     "format_table",
+    "layer_norm_spreads",
     "layer_norms",
     "load_arrays",
     "load_evaluated_model",
@@ -64,7 +65,11 @@ __all__ = [
     "plot_norm_distributions",
     "print_robustness_report",
     "robustness_report",
+    "seed_values",
+    "split_holdout",
     "study_data",
+    "summarize_runs",
+    "summarize_seeds",
     "train_classifier",
     "write_json",
     "write_results",
@@ -606,11 +611,19 @@ def write_json(path, payload):
 def format_table(rows: Sequence[Mapping], columns: Sequence[str], floatfmt="{:.4f}") -> str:
     """A Markdown table of ``rows`` (dicts) with the given ``columns``.
 
+    A column missing from a row but present in its ``"mean"`` (a row of
+    :func:`summarize_seeds`) is written ``mean ± std`` (just the mean when the
+    spread is undefined, i.e. from one seed).
+
     Example:
         >>> print(format_table([{"a": 1, "b": 0.5}], ["a", "b"]))
         | a | b |
         |---|---|
         | 1 | 0.5000 |
+        >>> print(format_table([summarize_seeds([{"acc": 0.5}, {"acc": 0.7}], ["acc"])], ["acc"]))
+        | acc |
+        |---|
+        | 0.6000 ± 0.1414 |
     """
 
     def cell(value):
@@ -618,9 +631,73 @@ def format_table(rows: Sequence[Mapping], columns: Sequence[str], floatfmt="{:.4
             return "nan" if math.isnan(value) else floatfmt.format(value)
         return str(value)
 
+    def entry(row, column):
+        if column in row or column not in row.get("mean", {}):
+            return cell(row.get(column, ""))
+        mean, std = row["mean"][column], row["std"][column]
+        return cell(mean) if std is None or math.isnan(std) else f"{cell(mean)} ± {cell(std)}"
+
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(entry(row, c) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def seed_values(seed, seeds):
+    """The seeds of a study with ``--seed`` and ``--seeds``: ``seed, seed + 1, ..., seed + seeds - 1``."""
+    return [_args.integer(seed, "seed") + i for i in range(_args.positive_int(seeds, "seeds"))]
+
+
+def summarize_seeds(per_seed: Sequence[Mapping], metrics_keys: Sequence[str], **labels) -> dict:
+    """One configuration's rows over seeds: ``labels``, ``per_seed``, and ``mean`` / ``std`` of each metric.
+
+    ``std`` is the sample standard deviation (``ddof=1``), NaN from one seed
+    (no spread is measured then; :func:`write_json` writes it as null).
+
+    Args:
+        per_seed: one row (dict) per seed, each with every key of ``metrics_keys``.
+        metrics_keys: the numeric keys to summarise.
+        **labels: keys naming the configuration (e.g. ``run="wd 0.01"``).
+
+    Example:
+        >>> row = summarize_seeds([{"acc": 0.5}, {"acc": 0.7}], ("acc",), run="none")
+        >>> mean, std = row.pop("mean"), row.pop("std")
+        >>> row.pop("run"), round(mean.pop("acc"), 4), round(std.pop("acc"), 4), len(row.pop("per_seed"))
+        ('none', 0.6, 0.1414, 2)
+    """
+    if not per_seed:
+        raise _args.invalid("per_seed", "at least one row", per_seed)
+    values = {key: np.array([row[key] for row in per_seed], dtype=np.float64) for key in metrics_keys}
+    std = {key: float(np.std(v, ddof=1)) if len(v) > 1 else float("nan") for key, v in values.items()}
+    return dict(labels, per_seed=list(per_seed), mean={key: float(np.mean(v)) for key, v in values.items()}, std=std)
+
+
+def summarize_runs(rows: Sequence[Mapping], by: Sequence[str], metrics_keys: Sequence[str]) -> list:
+    """Groups per-seed ``rows`` by the values of the keys ``by`` (first-seen order); :func:`summarize_seeds` each.
+
+    Example:
+        >>> a0, a1, b0 = dict(run="a", seed=0, acc=0.5), dict(run="a", seed=1, acc=0.7), dict(run="b", seed=0, acc=0.9)
+        >>> summaries = summarize_runs((a0, a1, b0), by=("run",), metrics_keys=("acc",))
+        >>> {summary.get("run"): len(summary.get("per_seed")) for summary in summaries}
+        {'a': 2, 'b': 1}
+    """
+    groups = {}
+    for row in rows:
+        groups.setdefault(tuple(row[key] for key in by), []).append(row)
+    return [summarize_seeds(group, metrics_keys, **dict(zip(by, labels))) for labels, group in groups.items()]
+
+
+def layer_norm_spreads(summaries: Mapping[str, Mapping]) -> dict:
+    """``{run: {layer: (mean, std)}}`` from ``{run: summarize_seeds(per-seed layer-norm dicts)}``, for the plots."""
+    return {run: {layer: _spread(summary, layer)[:2] for layer in summary["mean"]}
+            for run, summary in summaries.items()}
+
+
+def _spread(row, key):
+    """``(mean, std, per-seed values)`` of ``key`` in a :func:`summarize_seeds` row, or of a plain row."""
+    if "mean" in row and key in row["mean"]:
+        std = row["std"][key]
+        return row["mean"][key], (0.0 if std is None or math.isnan(std) else std), [r[key] for r in row["per_seed"]]
+    return row[key], 0.0, [row[key]]
 
 
 def _pyplot():
@@ -637,8 +714,11 @@ def _pyplot():
 def plot_metrics_vs_width(results: Mapping[str, Sequence[Mapping]], path, metrics_to_plot=None, title=None):
     """One panel per metric against width, one line per schedule (like Wu et al.'s Figure 3(d)).
 
+    Rows of :func:`summarize_seeds` are drawn as mean ± std with every seed's point.
+
     Args:
-        results: ``{schedule label: [row, ...]}`` with ``row["width"]`` and the metrics.
+        results: ``{schedule label: [row, ...]}`` with ``row["width"]`` and the
+            metrics (plain or summarised over seeds).
         path: PNG file to write.
         metrics_to_plot: ``[(key, label), ...]``; default natural accuracy,
             robust accuracy, stability and the local-Lipschitz estimate.
@@ -654,7 +734,11 @@ def plot_metrics_vs_width(results: Mapping[str, Sequence[Mapping]], path, metric
     for ax, (key, label) in zip(np.atleast_1d(axes), metrics_to_plot):
         for schedule, rows in results.items():
             rows = sorted(rows, key=lambda r: r["width"])
-            ax.plot([r["width"] for r in rows], [r[key] for r in rows], marker="o", label=schedule)
+            widths = [r["width"] for r in rows]
+            means, stds, points = zip(*(_spread(r, key) for r in rows))
+            line = ax.errorbar(widths, means, yerr=stds, marker="o", capsize=3, label=schedule)
+            for width, values in zip(widths, points):
+                ax.scatter([width] * len(values), values, s=9, alpha=0.45, color=line.lines[0].get_color())
         ax.set_xlabel("width factor")
         ax.set_title(label)
         ax.grid(alpha=0.3)
@@ -678,7 +762,10 @@ def _short(path):
 
 def plot_layer_norms(runs: Mapping[str, Mapping[str, float]], path, ylabel="l1 operator norm", title=None,
                      log_scale=True):
-    """Grouped bars: per-layer norms (x axis, layer order of the first run), one bar per run."""
+    """Grouped bars: per-layer norms (x axis, layer order of the first run), one bar per run.
+
+    A value may be a number or a ``(mean, std)`` pair (drawn with an error bar).
+    """
     plt = _pyplot()
     labels = list(runs)
     layers = list(next(iter(runs.values())))
@@ -686,8 +773,9 @@ def plot_layer_norms(runs: Mapping[str, Mapping[str, float]], path, ylabel="l1 o
     width = 0.8 / max(1, len(labels))
     x = np.arange(len(layers))
     for i, label in enumerate(labels):
-        values = [runs[label].get(layer, np.nan) for layer in layers]
-        ax.bar(x + (i - (len(labels) - 1) / 2) * width, values, width, label=label)
+        pairs = [runs[label].get(layer, np.nan) for layer in layers]
+        values, errors = np.array([(v, 0.0) if np.ndim(v) == 0 else v for v in pairs], dtype=float).T
+        ax.bar(x + (i - (len(labels) - 1) / 2) * width, values, width, yerr=errors, capsize=2, label=label)
     ax.set_xticks(x)
     ax.set_xticklabels([_short(layer) for layer in layers], rotation=75, fontsize=7)
     ax.set_ylabel(ylabel)
@@ -773,13 +861,16 @@ def plot_lambda_schedules(histories: Mapping[str, Mapping], path, fixed=None, pr
 
 
 def plot_accuracies(rows: Sequence[Mapping], path, label_key="run", title=None):
-    """Grouped bars of clean and robust accuracy per run."""
+    """Grouped bars of clean and robust accuracy per run (mean ± std and the seeds' points for summarised rows)."""
     plt = _pyplot()
     labels = [str(r[label_key]) for r in rows]
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(rows) + 2), 3.8))
-    ax.bar(x - 0.2, [r["clean_accuracy"] for r in rows], 0.4, label="clean")
-    ax.bar(x + 0.2, [r["robust_accuracy"] for r in rows], 0.4, label="robust")
+    for offset, key, name in ((-0.2, "clean_accuracy", "clean"), (0.2, "robust_accuracy", "robust")):
+        means, stds, points = zip(*(_spread(r, key) for r in rows))
+        ax.bar(x + offset, means, 0.4, yerr=stds, capsize=3, label=name)
+        for position, values in zip(x + offset, points):
+            ax.scatter([position] * len(values), values, s=9, color="black", alpha=0.5, zorder=3)
     ax.set_xticks(x)
     ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("accuracy")
@@ -821,6 +912,7 @@ _SHARED_FLAGS = {
     "svc_every": ("integer", "Clip singular values every N training steps."),
     "output_dir": ("string", "Output directory."),
     "seed": ("integer", "Random seed."),
+    "seeds": ("integer", "Repeat every configuration with seeds seed, seed + 1, ...; report mean ± std."),
 }
 
 
@@ -867,18 +959,40 @@ def define_flags(flag_values=None, *, helps=None, **defaults):
     return list(defaults)
 
 
-def study_data(flag_values):
-    """:func:`load_study_data` with a study's parsed flags (``dataset``, ``batch_size``, ..., ``seed``)."""
-    names = ("batch_size", "image_size", "data_dir", "train_examples", "eval_examples", "eval_batch_size", "seed")
-    return load_study_data(flag_values.dataset, **{name: getattr(flag_values, name) for name in names})
+def study_data(flag_values, seed=None):
+    """:func:`load_study_data` with a study's parsed flags (``dataset``, ``batch_size``, ..., ``seed``).
+
+    ``seed`` (default the ``seed`` flag) seeds the training data's shuffling.
+    """
+    names = ("batch_size", "image_size", "data_dir", "train_examples", "eval_examples", "eval_batch_size")
+    kwargs = {name: getattr(flag_values, name) for name in names}
+    return load_study_data(flag_values.dataset, seed=flag_values.seed if seed is None else seed, **kwargs)
 
 
-def write_results(output_dir, report, header, rows, columns, plots=None):
-    """Writes a study's outputs into ``output_dir`` and prints its table and the files written.
+def split_holdout(test_ds, examples):
+    """``((x, y) arrays of the first ``examples`` test points, the batched rest)``: held out from the evaluation.
 
-    Writes ``results.json`` (``report``), ``results.md`` (``header`` and the
-    Markdown table of ``rows``, see :func:`format_table`) and one figure per
-    entry of ``plots``.
+    A lambda schedule that watches held-out points (e.g.
+    :class:`tfnorms.war.StabilityMatchingLambda`) must not watch the points the
+    final evaluation scores, nor training points; these come first in the
+    (unshuffled) test pipeline and are skipped by the returned one.
+    """
+    examples = _args.positive_int(examples, "examples")
+    points = test_ds.unbatch()
+    x, y = (np.stack(a) for a in zip(*[(xi.numpy(), yi.numpy()) for xi, yi in points.take(examples)]))
+    if len(x) < examples:
+        raise _args.invalid("examples", f"fewer than the {len(x)} test points", examples)
+    batch = int(next(iter(test_ds))[0].shape[0])
+    return (x, y), points.skip(examples).batch(batch)
+
+
+def write_results(output_dir, report, header, rows, columns, plots=None, tables=()):
+    """Writes a study's outputs into ``output_dir`` and prints its tables and the files written.
+
+    Writes ``results.json`` (``report``), ``results.md`` (``header``, the
+    Markdown table of ``rows`` and the further ``tables``, see
+    :func:`format_table`; rows of :func:`summarize_seeds` show ``mean ± std``)
+    and one figure per entry of ``plots``.
 
     Args:
         output_dir: an existing directory.
@@ -887,6 +1001,7 @@ def write_results(output_dir, report, header, rows, columns, plots=None):
         rows: table rows (dicts).
         columns: the table's columns.
         plots: ``{file name: function(path)}`` drawing each figure.
+        tables: further ``(heading, rows, columns)`` tables below the first.
 
     Returns:
         ``report``.
@@ -894,6 +1009,8 @@ def write_results(output_dir, report, header, rows, columns, plots=None):
     plots = plots or {}
     write_json(os.path.join(output_dir, "results.json"), report)
     text = header + format_table(rows, columns)
+    for heading, more_rows, more_columns in tables:
+        text += f"\n\n{heading}\n\n" + format_table(more_rows, more_columns)
     with open(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(text + "\n")
     print(text)
