@@ -291,7 +291,8 @@ class LayerNormLogger(keras.callbacks.Callback):
         self._keys = [(path, ord) for path, ord, _ in plan]
 
         def compute():
-            return [tf.cast(fn(), tf.float32) for _, _, fn in plan]
+            values = [tf.cast(fn(), tf.float32) for _, _, fn in plan]
+            return tf.stack(values) if values else tf.zeros((0,), tf.float32)
 
         self._function = tf.function(compute, jit_compile=self.jit_compile, autograph=False)
 
@@ -299,7 +300,7 @@ class LayerNormLogger(keras.callbacks.Callback):
         """All logged norms now, as a dict ``{(layer_path, ord): float}``."""
         if self._function is None:
             self._build()
-        values = [float(v) for v in self._function()]
+        values = self._function().numpy().tolist()  # one read-back for every norm
         return dict(zip(self._keys, values))
 
     # -- writing

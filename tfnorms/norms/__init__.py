@@ -11,11 +11,14 @@ also works inside ``tf.function(jit_compile=True)``.
 * :func:`dense_l1_norm`, :func:`dense_linf_norm`, :func:`dense_spectral_norm`,
   :func:`batch_norm_norm`.
 * :func:`layer_norm`, :func:`model_norms`: the same for built Keras layers and
-  models, reading stride, padding and input size from the layers.
+  models, reading stride, padding and input size from the layers;
+  :func:`compiled_model_norms`: all of a model's norms as one vector from one
+  cached compiled function.
 """
 
 from tfnorms.norms.layers import (
     SUPPORTED_LAYERS,
+    compiled_model_norms,
     conv_geometry,
     is_supported,
     layer_norm,
@@ -59,6 +62,7 @@ __all__ = [
     "SUPPORTED_LAYERS",
     "SVC_METHODS",
     "batch_norm_norm",
+    "compiled_model_norms",
     "conv2d_group_sums",
     "conv2d_l1_norm",
     "conv2d_linf_norm",
