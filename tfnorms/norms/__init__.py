@@ -7,7 +7,8 @@ also works inside ``tf.function(jit_compile=True)``.
 * :func:`conv2d_l1_norm`, :func:`conv2d_linf_norm`: exact closed forms for any
   stride, padding, dilation and input size (docs/theory.md#conv-norms).
 * :func:`conv2d_spectral_norm`: FFT for circular padding (Sedghi et al.),
-  power iteration for zero padding.
+  power iteration for zero padding; ``method="gram"``: a certified upper
+  bound by Gram iteration (:func:`log_gram_bound`, Delattre et al. 2023).
 * :func:`dense_l1_norm`, :func:`dense_linf_norm`, :func:`dense_spectral_norm`,
   :func:`batch_norm_norm`.
 * :func:`layer_norm`, :func:`model_norms`: the same for built Keras layers and
@@ -50,6 +51,7 @@ from tfnorms.norms.clipping import (
     dense_clip_singular_values,
 )
 from tfnorms.norms.estimates import conv2d_power_iteration, conv2d_spectral_norm_bound
+from tfnorms.norms.gram import log_gram_bound
 from tfnorms.norms.projections import (
     batch_norm_project_gamma,
     max_group_mask,
@@ -89,6 +91,7 @@ __all__ += [
     "conv2d_power_iteration",
     "conv2d_spectral_norm_bound",
     "dense_clip_singular_values",
+    "log_gram_bound",
     "max_group_mask",
     "project_l1_ball",
     "project_max_group",
