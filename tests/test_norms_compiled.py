@@ -96,3 +96,12 @@ def test_cache_is_weak():
     del built
     gc.collect()
     assert len(norm_layers._COMPILED) == count - 1
+
+
+def test_gram_spectral_bounds_bound_every_layer(model):
+    bounds = norms.model_norms(model, 2, spectral_method="gram")
+    norms_now = norms.model_norms(model, 2)
+    for path, bound in bounds.items():
+        assert float(bound) >= float(norms_now[path]) * (1 - 1e-6)
+    with pytest.raises(ValueError, match="`spectral_method`"):
+        norms.model_norms(model, 2, spectral_method="svd")

@@ -30,6 +30,7 @@ SUPPORTED_LAYERS = (
 )
 
 ORDS = (1, 2, np.inf)
+SPECTRAL_METHODS = ("auto", "gram")
 
 
 def validate_ord(ord):
@@ -109,7 +110,7 @@ def conv_geometry(layer, input_shape=None, fold_padding=True):
     )
 
 
-def layer_norm(layer, ord, *, input_shape=None, fold_padding=True) -> tf.Tensor:
+def layer_norm(layer, ord, *, input_shape=None, fold_padding=True, spectral_method="auto") -> tf.Tensor:
     """Operator norm of a built layer's linear map.
 
     Reads stride, padding, dilation, groups and the input size from the layer.
@@ -123,6 +124,10 @@ def layer_norm(layer, ord, *, input_shape=None, fold_padding=True) -> tf.Tensor:
             layers built with unknown sizes). Without a known size, ``ord=1``
             and ``numpy.inf`` use the large-input closed form.
         fold_padding: see :func:`conv_geometry`.
+        spectral_method: for ``ord=2``, ``"auto"`` (exact for Dense, power
+            iteration for zero-padded convolutions, a lower bound) or
+            ``"gram"`` (certified upper bounds by Gram iteration, see
+            :func:`~tfnorms.norms.conv2d_spectral_norm`).
 
     Returns:
         A scalar tensor (differentiable in the layer's weights). Convolutions
@@ -141,6 +146,7 @@ def layer_norm(layer, ord, *, input_shape=None, fold_padding=True) -> tf.Tensor:
         (18.0, 16.0)
     """
     ord = validate_ord(ord)
+    spectral_method = _args.choice(spectral_method, "spectral_method", SPECTRAL_METHODS)
     if not is_supported(layer):
         names = ", ".join(cls.__name__ for cls in SUPPORTED_LAYERS)
         raise ValueError(
@@ -152,7 +158,9 @@ def layer_norm(layer, ord, *, input_shape=None, fold_padding=True) -> tf.Tensor:
     if isinstance(layer, keras.layers.BatchNormalization):
         return batch_norm_norm(layer.gamma, layer.moving_variance, layer.epsilon)
     if isinstance(layer, keras.layers.Dense):
-        return {1: dense_l1_norm, 2: dense_spectral_norm, np.inf: dense_linf_norm}[ord](layer.kernel)
+        if ord == 2:
+            return dense_spectral_norm(layer.kernel, method=spectral_method)
+        return {1: dense_l1_norm, np.inf: dense_linf_norm}[ord](layer.kernel)
     geom = conv_geometry(layer, input_shape=input_shape, fold_padding=fold_padding)
     if ord == 2:
         if None in geom["input_shape"]:
@@ -160,7 +168,7 @@ def layer_norm(layer, ord, *, input_shape=None, fold_padding=True) -> tf.Tensor:
                 f"The spectral norm of layer {layer.name!r} depends on its input "
                 "size, which the layer does not know: pass `input_shape=(H, W)`."
             )
-        return conv2d_spectral_norm(**geom)
+        return conv2d_spectral_norm(**geom, method=spectral_method)
     return (conv2d_l1_norm if ord == 1 else conv2d_linf_norm)(**geom)
 
 
@@ -183,9 +191,12 @@ def _report_unsupported(model, on_unsupported):
         warnings.warn(message, stacklevel=3)
 
 
-def _stacked_norms(model, ord, fold_padding) -> tf.Tensor:
+def _stacked_norms(model, ord, fold_padding, spectral_method) -> tf.Tensor:
     """Every supported layer's norm, stacked in layer order (float64 if any layer is float64)."""
-    values = [layer_norm(layer, ord, fold_padding=fold_padding) for layer in _supported(model)]
+    values = [
+        layer_norm(layer, ord, fold_padding=fold_padding, spectral_method=spectral_method)
+        for layer in _supported(model)
+    ]
     dtype = tf.float64 if any(v.dtype == tf.float64 for v in values) else tf.float32
     return tf.stack([tf.cast(v, dtype) for v in values]) if values else tf.zeros((0,), dtype)
 
@@ -194,16 +205,18 @@ def _supported(model):
     return [layer for layer in _keras.flatten_layers(model) if is_supported(layer)]
 
 
-# model -> {(ord, fold_padding): (paths, compiled function)}; weak so a dropped
+# model -> {(ord, fold_padding, spectral_method): (paths, compiled function)}; weak so a dropped
 # model frees its functions (they hold a weak reference to it, not the model).
 _COMPILED = weakref.WeakKeyDictionary()
 
 
-def compiled_model_norms(model, ord, *, fold_padding=True) -> tuple[list[str], tf.types.experimental.GenericFunction]:
+def compiled_model_norms(
+    model, ord, *, fold_padding=True, spectral_method="auto"
+) -> tuple[list[str], tf.types.experimental.GenericFunction]:
     """The compiled function returning every supported layer's norm as one vector.
 
-    One ``tf.function`` per ``(model, ord, fold_padding)``, traced on first
-    use and cached (weakly keyed on the model): a call reads every kernel once
+    One ``tf.function`` per ``(model, ord, fold_padding, spectral_method)``,
+    traced on first use and cached (weakly keyed on the model): a call reads every kernel once
     and runs no per-layer Python or eager dispatch, and the caller reads all
     norms back with a single ``.numpy()``. It is a graph, not XLA: on CPU,
     TensorFlow's multi-threaded reductions read the weights several times
@@ -214,6 +227,7 @@ def compiled_model_norms(model, ord, *, fold_padding=True) -> tuple[list[str], t
         model: a built ``keras.Model``.
         ord: ``1``, ``2`` or ``numpy.inf``.
         fold_padding: see :func:`conv_geometry`.
+        spectral_method: see :func:`layer_norm`.
 
     Returns:
         ``(paths, function)``: the ``layer.path`` of every supported layer and
@@ -229,20 +243,23 @@ def compiled_model_norms(model, ord, *, fold_padding=True) -> tuple[list[str], t
         (['net/conv', 'net/fc'], (2,))
     """
     ord = validate_ord(ord)
+    spectral_method = _args.choice(spectral_method, "spectral_method", SPECTRAL_METHODS)
     if not model.built:
         raise ValueError(f"Model {model.name!r} is not built: call it on an input first.")
     per_model = _COMPILED.setdefault(model, {})
-    key = (ord, bool(fold_padding))
+    key = (ord, bool(fold_padding), spectral_method)
     if key not in per_model:
         model_ref = weakref.ref(model)
         function = tf.function(
-            lambda: _stacked_norms(model_ref(), ord, fold_padding), autograph=False
+            lambda: _stacked_norms(model_ref(), ord, fold_padding, spectral_method), autograph=False
         )
         per_model[key] = ([layer.path for layer in _supported(model)], function)
     return per_model[key]
 
 
-def model_norms(model, ord, *, on_unsupported="warn", fold_padding=True) -> Dict[str, tf.Tensor]:
+def model_norms(
+    model, ord, *, on_unsupported="warn", fold_padding=True, spectral_method="auto"
+) -> Dict[str, tf.Tensor]:
     """Operator norms of every supported layer of a built model.
 
     Called eagerly, all norms come from one compiled function per model and
@@ -256,6 +273,10 @@ def model_norms(model, ord, *, on_unsupported="warn", fold_padding=True) -> Dict
             supported (e.g. ``Conv1D``, ``LayerNormalization``): ``"warn"``
             (default, one warning naming them), ``"raise"`` or ``"ignore"``.
         fold_padding: see :func:`conv_geometry`.
+        spectral_method: see :func:`layer_norm`. With ``ord=2`` and
+            ``"gram"`` every value is a certified upper bound, so their
+            product bounds the Lipschitz constant (l2) of a plain chain of
+            these layers with 1-Lipschitz activations (docs/norms.md#model-lipschitz-bound).
 
     Returns:
         A dict, in layer order, from ``layer.path`` to the norm (scalar
@@ -275,9 +296,11 @@ def model_norms(model, ord, *, on_unsupported="warn", fold_padding=True) -> Dict
         raise ValueError(f"Model {model.name!r} is not built: call it on an input first.")
     _report_unsupported(model, on_unsupported)
     if tf.executing_eagerly():
-        paths, function = compiled_model_norms(model, ord, fold_padding=fold_padding)
+        paths, function = compiled_model_norms(
+            model, ord, fold_padding=fold_padding, spectral_method=spectral_method
+        )
         values = function()
     else:
         paths = [layer.path for layer in _supported(model)]
-        values = _stacked_norms(model, ord, fold_padding)
+        values = _stacked_norms(model, ord, fold_padding, spectral_method)
     return dict(zip(paths, tf.unstack(values, num=len(paths))))
