@@ -61,9 +61,8 @@ def log_gram_bound(real, imag=None, *, iterations=6) -> tf.Tensor:
     if not real.dtype.is_floating:
         real = tf.cast(real, tf.float32)
     imag = None if imag is None else tf.cast(imag, real.dtype)
-    if real.shape[-1] > real.shape[-2]:  # iterate on the smaller Gram matrix: M -> M^*
-        real = tf.linalg.matrix_transpose(real)
-        imag = None if imag is None else -tf.linalg.matrix_transpose(imag)
+    wide = real.shape[-1] > real.shape[-2]  # then start from the smaller Gram matrix M M^*
+    size = max(real.shape[-1], real.shape[-2])
     # Start from M / max|M_ij| so that not even ||M||_F can overflow.
     peak = tf.reduce_max(tf.abs(real), axis=(-2, -1))
     if imag is not None:
@@ -78,13 +77,18 @@ def log_gram_bound(real, imag=None, *, iterations=6) -> tf.Tensor:
         if imag is not None:
             imag = imag / norm[..., None, None]
         log_scale += tf.math.log(norm) / 2.0**step
-        gram = tf.matmul(real, real, transpose_a=True)
+        # M^* M = (A^T A + B^T B) + i (A^T B - B^T A); first step of a wide M:
+        # M M^* = (A A^T + B B^T) + i (B A^T - A B^T). Same nonzero spectrum.
+        flags = {"transpose_b": True} if wide and step == 0 else {"transpose_a": True}
+        gram = tf.matmul(real, real, **flags)
         if imag is not None:
-            gram += tf.matmul(imag, imag, transpose_a=True)
-            cross = tf.matmul(real, imag, transpose_a=True)
-            imag = cross - tf.linalg.matrix_transpose(cross)  # A^T B - B^T A
+            gram += tf.matmul(imag, imag, **flags)
+            cross = tf.matmul(real, imag, **flags)
+            imag = cross - tf.linalg.matrix_transpose(cross)
+            if wide and step == 0:
+                imag = -imag
         real = gram
     bound = log_scale + tf.math.log(_frobenius(real, imag)) / 2.0**iterations
-    # Rounding margin: the first product sums m terms; 4 m eps exceeds the
+    # Rounding margin: the first product sums max(m, n) terms; 4 max(m, n) eps exceeds the
     # relative rounding we observe by orders of magnitude (docs/norms.md#gram-iteration).
-    return bound + np.log1p(4 * real.shape[-2] * np.finfo(real.dtype.as_numpy_dtype).eps)
+    return bound + np.log1p(4 * size * np.finfo(real.dtype.as_numpy_dtype).eps)
