@@ -48,6 +48,7 @@ flags.DEFINE_integer("power_iterations", 500, "Power iterations (the paper: 500)
 flags.DEFINE_integer("gram_steps", 8, "Gram iteration steps of the spectral bound.")
 flags.DEFINE_list("gram_shapes", ["3x32x32", "3x128x256", "3x256x512"],
                   "Kernel shapes k x c_in x c_out of the Gram table (the paper's: add 3x32x128, 5x256x128, 5x512x256).")
+flags.DEFINE_string("gram_model", "34x10", "WideResNet depth x width of the whole-model Gram table.")
 flags.DEFINE_list("parts", ["exact", "peer", "gram", "gram_model", "block"],
                   "Which tables to run: exact, peer, gram, gram_model, block.")
 
@@ -334,7 +335,8 @@ def main(argv):
         gram_shapes = [tuple(int(v) for v in shape.split("x")) for shape in FLAGS.gram_shapes]
         result["gram"] = gram_rows(shapes if FLAGS.quick else gram_shapes, iterations, FLAGS.gram_steps)
     if "gram_model" in FLAGS.parts:
-        result["gram_model"] = gram_model_rows(depth, width, FLAGS.gram_steps)
+        model_depth, model_width = (depth, width) if FLAGS.quick else map(int, FLAGS.gram_model.split("x"))
+        result["gram_model"] = gram_model_rows(model_depth, model_width, FLAGS.gram_steps)
     if "block" in FLAGS.parts:
         print("Zero-padding spectral norm, default stopping rule (tol 1e-7, max_iter 1000):")
         result["spectral_block"] = spectral_block_rows(FLAGS.quick)
