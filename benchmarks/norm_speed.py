@@ -335,7 +335,7 @@ def main(argv):
         gram_shapes = [tuple(int(v) for v in shape.split("x")) for shape in FLAGS.gram_shapes]
         result["gram"] = gram_rows(shapes if FLAGS.quick else gram_shapes, iterations, FLAGS.gram_steps)
     if "gram_model" in FLAGS.parts:
-        model_depth, model_width = (depth, width) if FLAGS.quick else map(int, FLAGS.gram_model.split("x"))
+        model_depth, model_width = (10, 1) if FLAGS.quick else map(int, FLAGS.gram_model.split("x"))
         result["gram_model"] = gram_model_rows(model_depth, model_width, FLAGS.gram_steps)
     if "block" in FLAGS.parts:
         print("Zero-padding spectral norm, default stopping rule (tol 1e-7, max_iter 1000):")
