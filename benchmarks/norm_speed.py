@@ -33,8 +33,10 @@ import time
 
 from _machine import define_common_flags, machine_facts, write_json
 from absl import app, flags
+import keras
 import numpy as np
 import tensorflow as tf
+import torch
 
 from tfnorms import norms
 from tfnorms.models import wide_resnet
@@ -43,6 +45,12 @@ FLAGS = flags.FLAGS
 define_common_flags("norm_speed")
 flags.DEFINE_integer("repeats", 100, "Timed calls per exact-norm measurement (the paper: 100).")
 flags.DEFINE_integer("power_iterations", 500, "Power iterations (the paper: 500).")
+flags.DEFINE_integer("gram_steps", 8, "Gram iteration steps of the spectral bound.")
+flags.DEFINE_list("gram_shapes", ["3x32x32", "3x128x256", "3x256x512"],
+                  "Kernel shapes k x c_in x c_out of the Gram table (the paper's: add 3x32x128, 5x256x128, 5x512x256).")
+flags.DEFINE_string("gram_model", "34x10", "WideResNet depth x width of the whole-model Gram table.")
+flags.DEFINE_list("parts", ["exact", "peer", "gram", "gram_model", "block"],
+                  "Which tables to run: exact, peer, gram, gram_model, block.")
 
 PAPER_SHAPES = [(3, 32, 32), (3, 32, 128), (3, 128, 256), (3, 256, 512), (5, 256, 128), (5, 512, 256)]
 INPUT = (32, 32)
@@ -117,6 +125,159 @@ def spectral_block_rows(quick):
     return rows
 
 
+def torch_layers(model):
+    """The model's supported layers as PyTorch tensors in PyTorch layout: (kind, tensors, stride)."""
+    layers = []
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.Conv2D):
+            weight = torch.from_numpy(np.ascontiguousarray(np.transpose(layer.kernel.numpy(), (3, 2, 0, 1))))
+            layers.append(("conv", (weight,), int(layer.strides[0])))
+        elif isinstance(layer, keras.layers.Dense):
+            layers.append(("dense", (torch.from_numpy(np.ascontiguousarray(layer.kernel.numpy().T)),), 1))
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            bn = (torch.from_numpy(layer.gamma.numpy()), torch.from_numpy(layer.moving_variance.numpy()))
+            layers.append(("bn", bn + (layer.epsilon,), 1))
+    return layers
+
+
+def torch_official_norm(kind, tensors, stride, ord):
+    """The official formulation, per layer: l1 = max over input channels and stride classes of
+    sums of |W| over output channels and the class's kernel positions; l_inf = max over output
+    channels of sums of |W| (PyTorch layout ``(c_out, c_in, kh, kw)``)."""
+    if kind == "bn":
+        gamma, variance, eps = tensors
+        return (gamma.abs() / torch.sqrt(variance + eps)).max()
+    weight = tensors[0].abs()
+    if kind == "dense":
+        return weight.sum(0).max() if ord == 1 else weight.sum(1).max()
+    if ord != 1:
+        return weight.sum((1, 2, 3)).max()
+    per_input = weight.sum(0)  # (c_in, kh, kw)
+    classes = [per_input[:, p::stride, q::stride].sum((1, 2)) for p in range(stride) for q in range(stride)]
+    return torch.stack(classes).max()
+
+
+def peer_rows(depth, width, repeats):
+    """All l1 / l_inf norms of a WRN: tfnorms vs a PyTorch re-implementation of the official code vs the memory floor."""
+    model = wide_resnet(depth=depth, width=width)
+    layers = torch_layers(model)
+    kernels = [layer.kernel for layer in model._flatten_layers(include_self=False) if hasattr(layer, "kernel")]
+    weights = sum(int(np.prod(k.shape)) for k in kernels)
+    floor = tf.function(lambda: tf.add_n([tf.reduce_sum(tf.abs(k)) for k in kernels]))
+    threads = torch.get_num_threads()
+    rows = []
+    for ord, name in ((1, "l1"), (np.inf, "linf")):
+        ours = {k: float(v) for k, v in norms.model_norms(model, ord).items()}
+        with torch.no_grad():
+            peer = torch.stack([torch_official_norm(*layer, ord) for layer in layers]).tolist()
+        agreement = float(np.max(np.abs(np.array(list(ours.values())) - peer) / np.array(peer)))
+        _, vector = norms.compiled_model_norms(model, ord)
+        with torch.no_grad():
+            times = {
+                "tfnorms_model_norms": median_seconds(
+                    lambda ord=ord: [float(v) for v in norms.model_norms(model, ord).values()], repeats),
+                "tfnorms_compiled_vector": median_seconds(lambda vector=vector: vector().numpy(), repeats),
+                "pytorch_official_formulation": median_seconds(
+                    lambda ord=ord: torch.stack([torch_official_norm(*layer, ord) for layer in layers]).tolist(),
+                    repeats),
+                "memory_floor_sum_abs": median_seconds(lambda: floor().numpy(), repeats),
+            }
+        torch.set_num_threads(1)  # the peer gets its faster thread count (contention with TensorFlow's pools)
+        with torch.no_grad():
+            single = median_seconds(
+                lambda ord=ord: torch.stack([torch_official_norm(*layer, ord) for layer in layers]).tolist(), repeats)
+        torch.set_num_threads(threads)
+        times["pytorch_official_formulation"] = min(times["pytorch_official_formulation"], single)
+        peer_seconds = times["pytorch_official_formulation"]
+        for method, seconds in times.items():
+            rows.append(dict(model=f"WRN-{depth}-{width}", ord=name, method=method, median_seconds=seconds,
+                             speedup_vs_pytorch=peer_seconds / seconds, layers=len(ours), weights=weights,
+                             max_relative_difference_to_pytorch=agreement))
+        print(f"WRN-{depth}-{width} {name} ({len(ours)} layers, {weights / 1e6:.1f} M weights; "
+              f"max rel. difference to PyTorch {agreement:.1e}):")
+        for method, seconds in times.items():
+            print(f"   {method:>30}: {seconds * 1e3:8.1f} ms   x{peer_seconds / seconds:5.2f} vs PyTorch")
+    return rows
+
+
+def per_call_rows(repeats):
+    """One small kernel (3x3 32->32 on 32x32): what a single call costs and what is left of it."""
+    kernel = tf.constant(np.random.default_rng(1).normal(size=(3, 3, 32, 32)).astype(np.float32))
+    compiled = tf.function(lambda: norms.conv2d_l1_norm(kernel, input_shape=INPUT))
+    empty = tf.function(lambda: tf.constant(0.0))
+    weight = torch.from_numpy(np.ascontiguousarray(np.transpose(kernel.numpy(), (3, 2, 0, 1))))
+    with torch.no_grad():
+        times = {
+            "tfnorms_eager_conv2d_l1_norm": median_seconds(
+                lambda: float(norms.conv2d_l1_norm(kernel, input_shape=INPUT)), repeats),
+            "tfnorms_tf_function": median_seconds(lambda: float(compiled()), repeats),
+            "empty_tf_function_call": median_seconds(lambda: float(empty()), repeats),
+            "pytorch_official_formulation": median_seconds(
+                lambda: float(torch_official_norm("conv", (weight,), 1, 1)), repeats),
+        }
+    print("One 3x3 32->32 kernel, l1, per call:")
+    for method, seconds in times.items():
+        print(f"   {method:>30}: {seconds * 1e6:8.0f} us")
+    return [dict(shape="3x3 32->32", method=m, median_seconds=t) for m, t in times.items()]
+
+
+def gram_rows(shapes, power_iterations, steps):
+    """Gram-iteration bound vs power iteration and FFT+SVD, zero padding "same" on 32x32."""
+    rng = np.random.default_rng(2)
+    args = dict(input_shape=INPUT, padding="same")
+    rows = []
+    print(f'Spectral norm, "same" padding on {INPUT}: Gram iteration ({steps} steps) vs '
+          f"{power_iterations} power iterations vs FFT+SVD (circular)")
+    for k, c_in, c_out in shapes:
+        kernel = tf.constant(rng.normal(size=(k, k, c_in, c_out)).astype(np.float32))
+        gram = tf.function(lambda w: norms.conv2d_spectral_norm(w, **args, method="gram", gram_iterations=steps))
+        power = tf.function(lambda w: norms.conv2d_spectral_norm(
+            w, **args, tol=0.0, max_iter=power_iterations, block_size=1))
+        fft_svd = tf.function(lambda w: tf.reduce_max(reference_fft_svd(w, INPUT)))
+        bound, lower = float(gram(kernel)), float(power(kernel))
+        times = {"gram": median_seconds(lambda gram=gram, kernel=kernel: gram(kernel), 3),
+                 "power_iteration": median_seconds(lambda power=power, kernel=kernel: power(kernel), 1),
+                 "fft_svd": median_seconds(lambda fft_svd=fft_svd, kernel=kernel: fft_svd(kernel), 1)}
+        gap = bound / lower - 1  # >= the true gap: power iteration is a lower bound
+        label = f"{k}x{k} {c_in}->{c_out}"
+        print(f"{label:>16} gram {times['gram']:7.2f} s  power {times['power_iteration']:7.2f} s "
+              f"(x{times['power_iteration'] / times['gram']:5.1f})  FFT+SVD {times['fft_svd']:7.2f} s  "
+              f"gap <= {gap:.2%}")
+        rows.append(dict(shape=label, gram_seconds=times["gram"], power_seconds=times["power_iteration"],
+                         fft_svd_seconds=times["fft_svd"], gram_bound=bound, power_estimate=lower,
+                         gap_upper_bound=gap, gram_steps=steps, power_iterations=power_iterations))
+    return rows
+
+
+def gram_model_rows(depth, width, steps):
+    """Every conv / dense layer of a WRN: Gram bound vs block power iteration (default stopping rule)."""
+    model = wide_resnet(depth=depth, width=width)
+    pairs = []
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.Conv2D):
+            geom = norms.conv_geometry(layer)
+            pairs.append((lambda g=geom: norms.conv2d_spectral_norm(**g, method="gram", gram_iterations=steps),
+                          lambda g=geom: norms.conv2d_spectral_norm(**g)))
+        elif isinstance(layer, keras.layers.Dense):
+            pairs.append((lambda k=layer.kernel: norms.dense_spectral_norm(k, method="gram", gram_iterations=steps),
+                          lambda k=layer.kernel: norms.dense_spectral_norm(k)))
+    gram_all = tf.function(lambda: tf.stack([g() for g, _ in pairs]))
+    start = time.perf_counter()
+    bounds = gram_all().numpy()
+    gram_first = time.perf_counter() - start
+    gram_seconds = median_seconds(lambda: gram_all(), 1)
+    start = time.perf_counter()
+    estimates = np.array([float(p()) for _, p in pairs])
+    power_seconds = time.perf_counter() - start
+    gaps = bounds / estimates - 1
+    print(f"WRN-{depth}-{width}, {len(pairs)} conv/dense layers: Gram {gram_seconds:.1f} s (first call with "
+          f"tracing {gram_first:.1f} s), block power iteration {power_seconds:.1f} s; gap <= {gaps.max():.2%} "
+          f"(median {np.median(gaps):.2%}); log10 product of bounds {np.sum(np.log10(bounds)):.2f}")
+    return dict(model=f"WRN-{depth}-{width}", layers=len(pairs), gram_seconds=gram_seconds,
+                gram_first_call_seconds=gram_first, power_seconds=power_seconds, max_gap_upper_bound=float(gaps.max()),
+                median_gap_upper_bound=float(np.median(gaps)), log10_product_of_bounds=float(np.sum(np.log10(bounds))))
+
+
 def wrn_all_norms_seconds(depth, width, repeats):
     model = wide_resnet(depth=depth, width=width)
 
@@ -127,20 +288,14 @@ def wrn_all_norms_seconds(depth, width, repeats):
     return median_seconds(all_norms, repeats), len(norms.model_norms(model, 1))
 
 
-def main(argv):
-    del argv
-    tf.get_logger().setLevel("ERROR")  # one tf.function per shape and method: retracing is expected
-    rng = np.random.default_rng(0)
-    shapes = PAPER_SHAPES[:2] if FLAGS.quick else PAPER_SHAPES
-    repeats = 5 if FLAGS.quick else FLAGS.repeats
-    iterations = 20 if FLAGS.quick else FLAGS.power_iterations
-    rows = []
+def exact_rows(shapes, repeats, iterations, rng):
     header = (
         f"{'kernel':>16} {'ours l1':>10} {'ours linf':>10} {'FFT+SVD':>10} {'power it':>10} "
         f"{'ours FFT l2':>11} {'FFT+SVD/ours':>13} {'powerit/ours':>13}"
     )
     print(f"Exact norms vs spectral baselines, input {INPUT}, {iterations} power iterations")
     print(header)
+    rows = []
     for k, c_in, c_out in shapes:
         times = benchmark_shape(k, c_in, c_out, repeats, iterations, rng)
         ours = max(times["ours_l1"], times["ours_linf"])
@@ -153,21 +308,38 @@ def main(argv):
         )
         for method, seconds in times.items():
             rows.append(dict(shape=label, method=method, median_seconds=seconds, ratio_to_ours=seconds / ours))
+    return rows
+
+
+def main(argv):
+    del argv
+    tf.get_logger().setLevel("ERROR")  # one tf.function per shape and method: retracing is expected
+    rng = np.random.default_rng(0)
+    shapes = PAPER_SHAPES[:2] if FLAGS.quick else PAPER_SHAPES
+    repeats = 5 if FLAGS.quick else FLAGS.repeats
+    iterations = 20 if FLAGS.quick else FLAGS.power_iterations
     depth, width = (16, 2) if FLAGS.quick else (34, 10)
-    seconds, layers = wrn_all_norms_seconds(depth, width, 3 if FLAGS.quick else 20)
-    print(f"All l1 and l_inf norms of the {layers} layers of a WRN-{depth}-{width}: {seconds * 1e3:.1f} ms")
-    rows.append(dict(shape=f"WRN-{depth}-{width} ({layers} layers)", method="ours_all_l1_linf",
-                     median_seconds=seconds, ratio_to_ours=1.0))
-    print("Zero-padding spectral norm, default stopping rule (tol 1e-7, max_iter 1000):")
-    spectral_rows = spectral_block_rows(FLAGS.quick)
-    result = dict(
-        benchmark="norm_speed",
-        machine=machine_facts(tensorflow=tf.__version__),
-        input=list(INPUT),
-        power_iterations=iterations,
-        rows=rows,
-        spectral_block=spectral_rows,
-    )
+    result = dict(benchmark="norm_speed", machine=machine_facts(tensorflow=tf.__version__, torch=torch.__version__),
+                  input=list(INPUT), power_iterations=iterations, gram_steps=FLAGS.gram_steps)
+    if "exact" in FLAGS.parts:
+        rows = exact_rows(shapes, repeats, iterations, rng)
+        seconds, layers = wrn_all_norms_seconds(depth, width, 3 if FLAGS.quick else 20)
+        print(f"All l1 and l_inf norms of the {layers} layers of a WRN-{depth}-{width}: {seconds * 1e3:.1f} ms")
+        rows.append(dict(shape=f"WRN-{depth}-{width} ({layers} layers)", method="ours_all_l1_linf",
+                         median_seconds=seconds, ratio_to_ours=1.0))
+        result["rows"] = rows
+    if "peer" in FLAGS.parts:
+        result["peer"] = peer_rows(depth, width, 3 if FLAGS.quick else 20)
+        result["per_call"] = per_call_rows(20 if FLAGS.quick else 200)
+    if "gram" in FLAGS.parts:
+        gram_shapes = [tuple(int(v) for v in shape.split("x")) for shape in FLAGS.gram_shapes]
+        result["gram"] = gram_rows(shapes if FLAGS.quick else gram_shapes, iterations, FLAGS.gram_steps)
+    if "gram_model" in FLAGS.parts:
+        model_depth, model_width = (10, 1) if FLAGS.quick else map(int, FLAGS.gram_model.split("x"))
+        result["gram_model"] = gram_model_rows(model_depth, model_width, FLAGS.gram_steps)
+    if "block" in FLAGS.parts:
+        print("Zero-padding spectral norm, default stopping rule (tol 1e-7, max_iter 1000):")
+        result["spectral_block"] = spectral_block_rows(FLAGS.quick)
     write_json(result, FLAGS.output)
 
 

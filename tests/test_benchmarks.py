@@ -29,6 +29,11 @@ def test_norm_speed_quick(tmp_path):
     near_degenerate = [row for row in result["spectral_block"] if row["operator"].startswith("2x3")]
     assert [row["block_size"] for row in near_degenerate] == [1, 4]
     assert near_degenerate[1]["relative_error"] < 1e-5 < near_degenerate[0]["relative_error"]
+    peer = {(row["ord"], row["method"]) for row in result["peer"]}
+    assert {("l1", "pytorch_official_formulation"), ("linf", "memory_floor_sum_abs")} <= peer
+    assert all(row["max_relative_difference_to_pytorch"] < 1e-5 for row in result["peer"])
+    assert all(row["gap_upper_bound"] >= 0 for row in result["gram"])  # a bound over a lower bound
+    assert result["gram_model"]["median_gap_upper_bound"] >= 0 and result["per_call"]
 
 
 def test_regularizer_overhead_quick(tmp_path):

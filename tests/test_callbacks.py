@@ -146,6 +146,16 @@ def test_layer_norm_logger_batch_frequency_and_bound(tmp_path):
     assert exact <= bound * (1 + 1e-5) <= exact * 1.3
 
 
+def test_layer_norm_logger_gram_bound(tmp_path):
+    model, _ = model_and_data()
+    logger = LayerNormLogger(str(tmp_path), ords=(2,), l2_method="gram")
+    logger.set_model(model)
+    values = logger.compute_norms()
+    c1 = model.get_layer("c1").kernel.numpy()
+    exact = bf.l2(bf.conv_matrix(c1, (8, 8)))
+    assert exact <= values[("c1", 2)] <= exact * 1.3
+
+
 @pytest.mark.parametrize(
     "factory, match",
     [

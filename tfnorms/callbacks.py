@@ -194,6 +194,10 @@ class LayerNormLogger(keras.callbacks.Callback):
     * ``"bound"``: the FFT norm of the circular convolution on an enlarged
       torus (:func:`tfnorms.norms.conv2d_spectral_norm_bound`): an upper
       bound, exact for circular padding, costly for wide layers.
+    * ``"gram"``: the Gram-iteration bound of the same circular convolution
+      on the smallest enclosing torus (``conv2d_spectral_norm(...,
+      method="gram")``): a certified upper bound from matrix products only
+      (no eigendecomposition), so it also compiles with ``jit_compile``.
 
     Every norm is computed in a single ``tf.function``. Scalars use the epoch
     index as step with ``update_freq="epoch"``, and the optimizer's step
@@ -203,7 +207,7 @@ class LayerNormLogger(keras.callbacks.Callback):
         log_dir: TensorBoard log directory.
         ords: norms to log, from ``1``, ``numpy.inf`` (or ``"inf"``), ``2``.
         update_freq: ``"epoch"`` or a positive int (every N optimizer steps).
-        l2_method: ``"power"`` or ``"bound"``.
+        l2_method: ``"power"``, ``"bound"`` or ``"gram"``.
         power_iterations: power iterations per log for ``l2_method="power"``.
         jit_compile: compile the norm computation with XLA.
 
@@ -228,7 +232,7 @@ class LayerNormLogger(keras.callbacks.Callback):
         self.log_dir = os.fspath(log_dir)
         self.ords = _args.ords(ords, "ords", allowed=(1, 2, np.inf))
         self.update_freq = _args.update_freq(update_freq)
-        self.l2_method = _args.choice(l2_method, "l2_method", ("power", "bound"))
+        self.l2_method = _args.choice(l2_method, "l2_method", ("power", "bound", "gram"))
         self.power_iterations = _args.positive_int(power_iterations, "power_iterations")
         self.jit_compile = bool(jit_compile)
         self._writer = None
@@ -255,7 +259,9 @@ class LayerNormLogger(keras.callbacks.Callback):
                     skipped.append(layer.path)
                     continue
                 shape = tuple(int(n) for n in shape)
-                if self.l2_method == "bound":
+                if self.l2_method == "gram":
+                    plan.append((layer.path, ord, lambda layer=layer: norms.layer_norm(layer, 2, spectral_method="gram")))
+                elif self.l2_method == "bound":
                     plan.append((layer.path, ord, lambda layer=layer, shape=shape: self._bound(layer, shape)))
                 else:
                     c_in = geom["kernel"].shape[2] * geom["groups"]
@@ -300,7 +306,8 @@ class LayerNormLogger(keras.callbacks.Callback):
         self._keys = [(path, ord) for path, ord, _ in plan]
 
         def compute():
-            return [tf.cast(fn(), tf.float32) for _, _, fn in plan]
+            values = [tf.cast(fn(), tf.float32) for _, _, fn in plan]
+            return tf.stack(values) if values else tf.zeros((0,), tf.float32)
 
         self._function = tf.function(compute, jit_compile=self.jit_compile, autograph=False)
 
@@ -308,7 +315,7 @@ class LayerNormLogger(keras.callbacks.Callback):
         """All logged norms now, as a dict ``{(layer_path, ord): float}``."""
         if self._function is None:
             self._build()
-        values = [float(v) for v in self._function()]
+        values = self._function().numpy().tolist()  # one read-back for every norm
         return dict(zip(self._keys, values))
 
     # -- writing
@@ -318,6 +325,8 @@ class LayerNormLogger(keras.callbacks.Callback):
             if self.l2_method == "power":
                 how = (f"conv layers: {self.power_iterations} warm-started power iterations per log "
                        "on the zero-padded operator (lower bound)")
+            elif self.l2_method == "gram":
+                how = "conv layers: Gram-iteration bound of the circular convolution on the enclosing torus (upper bound)"
             else:
                 how = "conv layers: FFT norm of the circular convolution on an enlarged torus (upper bound)"
             return f"Spectral (l2) operator norm; Dense/BatchNorm exact; {how}."

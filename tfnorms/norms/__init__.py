@@ -7,15 +7,19 @@ also works inside ``tf.function(jit_compile=True)``.
 * :func:`conv2d_l1_norm`, :func:`conv2d_linf_norm`: exact closed forms for any
   stride, padding, dilation and input size (docs/theory.md#conv-norms).
 * :func:`conv2d_spectral_norm`: FFT for circular padding (Sedghi et al.),
-  power iteration for zero padding.
+  power iteration for zero padding; ``method="gram"``: a certified upper
+  bound by Gram iteration (:func:`log_gram_bound`, Delattre et al. 2023).
 * :func:`dense_l1_norm`, :func:`dense_linf_norm`, :func:`dense_spectral_norm`,
   :func:`batch_norm_norm`.
 * :func:`layer_norm`, :func:`model_norms`: the same for built Keras layers and
-  models, reading stride, padding and input size from the layers.
+  models, reading stride, padding and input size from the layers;
+  :func:`compiled_model_norms`: all of a model's norms as one vector from one
+  cached compiled function.
 """
 
 from tfnorms.norms.layers import (
     SUPPORTED_LAYERS,
+    compiled_model_norms,
     conv_geometry,
     is_supported,
     layer_norm,
@@ -47,6 +51,7 @@ from tfnorms.norms.clipping import (
     dense_clip_singular_values,
 )
 from tfnorms.norms.estimates import conv2d_power_iteration, conv2d_spectral_norm_bound
+from tfnorms.norms.gram import log_gram_bound
 from tfnorms.norms.projections import (
     batch_norm_project_gamma,
     max_group_mask,
@@ -59,6 +64,7 @@ __all__ = [
     "SUPPORTED_LAYERS",
     "SVC_METHODS",
     "batch_norm_norm",
+    "compiled_model_norms",
     "conv2d_group_sums",
     "conv2d_l1_norm",
     "conv2d_linf_norm",
@@ -85,6 +91,7 @@ __all__ += [
     "conv2d_power_iteration",
     "conv2d_spectral_norm_bound",
     "dense_clip_singular_values",
+    "log_gram_bound",
     "max_group_mask",
     "project_l1_ball",
     "project_max_group",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import Dict, Optional, Tuple
 
 import keras
@@ -29,6 +30,7 @@ SUPPORTED_LAYERS = (
 )
 
 ORDS = (1, 2, np.inf)
+SPECTRAL_METHODS = ("auto", "gram")
 
 
 def validate_ord(ord):
@@ -108,7 +110,7 @@ def conv_geometry(layer, input_shape=None, fold_padding=True):
     )
 
 
-def layer_norm(layer, ord, *, input_shape=None, fold_padding=True) -> tf.Tensor:
+def layer_norm(layer, ord, *, input_shape=None, fold_padding=True, spectral_method="auto") -> tf.Tensor:
     """Operator norm of a built layer's linear map.
 
     Reads stride, padding, dilation, groups and the input size from the layer.
@@ -122,6 +124,10 @@ def layer_norm(layer, ord, *, input_shape=None, fold_padding=True) -> tf.Tensor:
             layers built with unknown sizes). Without a known size, ``ord=1``
             and ``numpy.inf`` use the large-input closed form.
         fold_padding: see :func:`conv_geometry`.
+        spectral_method: for ``ord=2``, ``"auto"`` (exact for Dense, power
+            iteration for zero-padded convolutions, a lower bound) or
+            ``"gram"`` (certified upper bounds by Gram iteration, see
+            :func:`~tfnorms.norms.conv2d_spectral_norm`).
 
     Returns:
         A scalar tensor (differentiable in the layer's weights). Convolutions
@@ -140,6 +146,7 @@ def layer_norm(layer, ord, *, input_shape=None, fold_padding=True) -> tf.Tensor:
         (18.0, 16.0)
     """
     ord = validate_ord(ord)
+    spectral_method = _args.choice(spectral_method, "spectral_method", SPECTRAL_METHODS)
     if not is_supported(layer):
         names = ", ".join(cls.__name__ for cls in SUPPORTED_LAYERS)
         raise ValueError(
@@ -151,7 +158,9 @@ def layer_norm(layer, ord, *, input_shape=None, fold_padding=True) -> tf.Tensor:
     if isinstance(layer, keras.layers.BatchNormalization):
         return batch_norm_norm(layer.gamma, layer.moving_variance, layer.epsilon)
     if isinstance(layer, keras.layers.Dense):
-        return {1: dense_l1_norm, 2: dense_spectral_norm, np.inf: dense_linf_norm}[ord](layer.kernel)
+        if ord == 2:
+            return dense_spectral_norm(layer.kernel, method=spectral_method)
+        return {1: dense_l1_norm, np.inf: dense_linf_norm}[ord](layer.kernel)
     geom = conv_geometry(layer, input_shape=input_shape, fold_padding=fold_padding)
     if ord == 2:
         if None in geom["input_shape"]:
@@ -159,7 +168,7 @@ def layer_norm(layer, ord, *, input_shape=None, fold_padding=True) -> tf.Tensor:
                 f"The spectral norm of layer {layer.name!r} depends on its input "
                 "size, which the layer does not know: pass `input_shape=(H, W)`."
             )
-        return conv2d_spectral_norm(**geom)
+        return conv2d_spectral_norm(**geom, method=spectral_method)
     return (conv2d_l1_norm if ord == 1 else conv2d_linf_norm)(**geom)
 
 
@@ -172,8 +181,90 @@ def unsupported_layers(model):
     ]
 
 
-def model_norms(model, ord, *, on_unsupported="warn", fold_padding=True) -> Dict[str, tf.Tensor]:
+def _report_unsupported(model, on_unsupported):
+    skipped = unsupported_layers(model)
+    if skipped and on_unsupported != "ignore":
+        listing = ", ".join(f"{layer.path} ({type(layer).__name__})" for layer in skipped)
+        message = f"model_norms: no operator norm for these layers with weights: {listing}."
+        if on_unsupported == "raise":
+            raise ValueError(message)
+        warnings.warn(message, stacklevel=3)
+
+
+def _stacked_norms(model, ord, fold_padding, spectral_method) -> tf.Tensor:
+    """Every supported layer's norm, stacked in layer order (float64 if any layer is float64)."""
+    values = [
+        layer_norm(layer, ord, fold_padding=fold_padding, spectral_method=spectral_method)
+        for layer in _supported(model)
+    ]
+    dtype = tf.float64 if any(v.dtype == tf.float64 for v in values) else tf.float32
+    return tf.stack([tf.cast(v, dtype) for v in values]) if values else tf.zeros((0,), dtype)
+
+
+def _supported(model):
+    return [layer for layer in _keras.flatten_layers(model) if is_supported(layer)]
+
+
+# model -> {(ord, fold_padding, spectral_method): (paths, compiled function)}; weak so a dropped
+# model frees its functions (they hold a weak reference to it, not the model).
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def compiled_model_norms(
+    model, ord, *, fold_padding=True, spectral_method="auto"
+) -> tuple[list[str], tf.types.experimental.GenericFunction]:
+    """The compiled function returning every supported layer's norm as one vector.
+
+    One ``tf.function`` per ``(model, ord, fold_padding, spectral_method)``,
+    traced on first use and cached (weakly keyed on the model): a call reads every kernel once
+    and runs no per-layer Python or eager dispatch, and the caller reads all
+    norms back with a single ``.numpy()``. It is a graph, not XLA: on CPU,
+    TensorFlow's multi-threaded reductions read the weights several times
+    faster than XLA's (benchmarks/norm_speed.py); inside a caller's
+    ``tf.function(jit_compile=True)`` it compiles with the caller.
+
+    Args:
+        model: a built ``keras.Model``.
+        ord: ``1``, ``2`` or ``numpy.inf``.
+        fold_padding: see :func:`conv_geometry`.
+        spectral_method: see :func:`layer_norm`.
+
+    Returns:
+        ``(paths, function)``: the ``layer.path`` of every supported layer and
+        a no-argument function returning their norms as a vector in that order
+        (float32, or float64 for float64 models). Differentiable in the weights.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="conv"),
+        ...                           keras.layers.Flatten(), keras.layers.Dense(2, name="fc")], name="net")
+        >>> paths, norms_now = compiled_model_norms(model, np.inf)
+        >>> paths, norms_now().numpy().shape
+        (['net/conv', 'net/fc'], (2,))
+    """
+    ord = validate_ord(ord)
+    spectral_method = _args.choice(spectral_method, "spectral_method", SPECTRAL_METHODS)
+    if not model.built:
+        raise ValueError(f"Model {model.name!r} is not built: call it on an input first.")
+    per_model = _COMPILED.setdefault(model, {})
+    key = (ord, bool(fold_padding), spectral_method)
+    if key not in per_model:
+        model_ref = weakref.ref(model)
+        function = tf.function(
+            lambda: _stacked_norms(model_ref(), ord, fold_padding, spectral_method), autograph=False
+        )
+        per_model[key] = ([layer.path for layer in _supported(model)], function)
+    return per_model[key]
+
+
+def model_norms(
+    model, ord, *, on_unsupported="warn", fold_padding=True, spectral_method="auto"
+) -> Dict[str, tf.Tensor]:
     """Operator norms of every supported layer of a built model.
+
+    Called eagerly, all norms come from one compiled function per model and
+    ``ord`` (:func:`compiled_model_norms`); inside a ``tf.function`` they are
+    traced into the caller's graph.
 
     Args:
         model: a built ``keras.Model`` (nested models are traversed).
@@ -182,9 +273,14 @@ def model_norms(model, ord, *, on_unsupported="warn", fold_padding=True) -> Dict
             supported (e.g. ``Conv1D``, ``LayerNormalization``): ``"warn"``
             (default, one warning naming them), ``"raise"`` or ``"ignore"``.
         fold_padding: see :func:`conv_geometry`.
+        spectral_method: see :func:`layer_norm`. With ``ord=2`` and
+            ``"gram"`` every value is a certified upper bound, so their
+            product bounds the Lipschitz constant (l2) of a plain chain of
+            these layers with 1-Lipschitz activations (docs/norms.md#model-lipschitz-bound).
 
     Returns:
-        A dict, in layer order, from ``layer.path`` to the norm (scalar tensor).
+        A dict, in layer order, from ``layer.path`` to the norm (scalar
+        tensor, differentiable in the weights).
 
     Example:
         >>> import keras, numpy as np
@@ -198,15 +294,13 @@ def model_norms(model, ord, *, on_unsupported="warn", fold_padding=True) -> Dict
     _args.choice(on_unsupported, "on_unsupported", ("warn", "raise", "ignore"))
     if not model.built:
         raise ValueError(f"Model {model.name!r} is not built: call it on an input first.")
-    skipped = unsupported_layers(model)
-    if skipped and on_unsupported != "ignore":
-        listing = ", ".join(f"{layer.path} ({type(layer).__name__})" for layer in skipped)
-        message = f"model_norms: no operator norm for these layers with weights: {listing}."
-        if on_unsupported == "raise":
-            raise ValueError(message)
-        warnings.warn(message, stacklevel=2)
-    return {
-        layer.path: layer_norm(layer, ord, fold_padding=fold_padding)
-        for layer in _keras.flatten_layers(model)
-        if is_supported(layer)
-    }
+    _report_unsupported(model, on_unsupported)
+    if tf.executing_eagerly():
+        paths, function = compiled_model_norms(
+            model, ord, fold_padding=fold_padding, spectral_method=spectral_method
+        )
+        values = function()
+    else:
+        paths = [layer.path for layer in _supported(model)]
+        values = _stacked_norms(model, ord, fold_padding, spectral_method)
+    return dict(zip(paths, tf.unstack(values, num=len(paths))))

@@ -25,6 +25,7 @@ import tensorflow as tf
 from tfnorms import _args
 from tfnorms import _inputs
 from tfnorms.norms import geometry
+from tfnorms.norms.gram import log_gram_bound
 from tfnorms.norms.operator_norms import _check_kernel, validate_conv_args
 
 
@@ -38,11 +39,18 @@ def _largest_gram_eigenvalue(matrices: tf.Tensor) -> tf.Tensor:
     return tf.reduce_max(tf.linalg.eigvalsh(gram))
 
 
-def dense_spectral_norm(kernel) -> tf.Tensor:
+METHODS = ("auto", "gram")
+
+
+def dense_spectral_norm(kernel, *, method="auto", gram_iterations=8) -> tf.Tensor:
     """Largest singular value of a Dense kernel ``(in, out)``.
 
-    Computed as the square root of the largest eigenvalue of the smaller Gram
-    matrix (differentiable, XLA-compatible).
+    With ``method="auto"``: the square root of the largest eigenvalue of the
+    smaller Gram matrix (differentiable, XLA-compatible). With
+    ``method="gram"``: the Gram-iteration upper bound
+    (:func:`tfnorms.norms.gram.log_gram_bound`, matrix products only), within
+    a factor ``rank^(1 / 2^(t+1))`` of the norm after ``t = gram_iterations``
+    steps and usually far closer.
 
     Raises:
         ValueError: for a kernel with NaN or Inf entries (eagerly; inside a
@@ -53,7 +61,11 @@ def dense_spectral_norm(kernel) -> tf.Tensor:
         >>> round(float(dense_spectral_norm(np.diag([3.0, -4.0]))), 6)
         4.0
     """
+    method = _args.choice(method, "method", METHODS)
+    gram_iterations = _args.positive_int(gram_iterations, "gram_iterations")
     kernel = _inputs.check_finite(_check_kernel(kernel, 2), "kernel")
+    if method == "gram":
+        return tf.exp(log_gram_bound(kernel, iterations=gram_iterations))
     return tf.sqrt(_largest_gram_eigenvalue(kernel))
 
 
@@ -90,9 +102,37 @@ def _circular_transfer_matrices(kernel, size, dilation_rate, groups, full_spectr
     return tf.transpose(spectrum, (3, 4, 0, 1, 2))
 
 
-def _realify(matrices: tf.Tensor) -> tf.Tensor:
+def _half_spectrum(kernel, size, dilation_rate, groups):
+    """Real and imaginary parts of the rFFT-half transfer matrices, as real matrix products.
+
+    ``P(u, v) = sum_{r, c} K[r, c] exp(-2 pi i (u r d_h / n_h + v c d_w / n_w))`` for
+    ``v <= n_w // 2`` (the rFFT of the kernel folded onto the torus: taps that
+    collide mod ``n`` add up, as the exponent already does). A ``(frequencies,
+    taps)`` cosine and sine table times the ``(taps, c_in_g * c_out)`` kernel: no
+    padded tensor, no FFT, no complex dtype.
+
+    Returns:
+        ``(real, imag)``, each ``(n_h * n_f * groups, c_in_g, c_out_g)`` (the
+        transposed transfer matrices: same singular values).
+    """
+    kh, kw, c_in_g, c_out = kernel.shape
+    n_h, n_w = size
+    u = np.arange(n_h)[:, None, None, None] * np.arange(kh)[None, None, :, None] * dilation_rate[0] / n_h
+    v = np.arange(n_w // 2 + 1)[None, :, None, None] * np.arange(kw)[None, None, None, :] * dilation_rate[1] / n_w
+    phase = (2 * np.pi * (u + v)).reshape(-1, kh * kw)  # (frequencies, taps)
+    taps = tf.reshape(kernel, (kh * kw, c_in_g * c_out))
+    parts = []
+    for table in (np.cos(phase), -np.sin(phase)):
+        part = tf.matmul(tf.constant(table, kernel.dtype), taps)
+        part = tf.reshape(part, (-1, c_in_g, groups, c_out // groups))
+        if groups > 1:
+            part = tf.transpose(part, (0, 2, 1, 3))
+        parts.append(tf.reshape(part, (-1, c_in_g, c_out // groups)))
+    return tuple(parts)
+
+
+def _realify(real: tf.Tensor, imag: tf.Tensor) -> tf.Tensor:
     """``M = A + iB`` -> ``[[A, -B], [B, A]]``: same singular values, each doubled."""
-    real, imag = tf.math.real(matrices), tf.math.imag(matrices)
     top = tf.concat([real, -imag], axis=-1)
     bottom = tf.concat([imag, real], axis=-1)
     return tf.concat([top, bottom], axis=-2)
@@ -185,6 +225,8 @@ def conv2d_spectral_norm(
     max_iter=1000,
     seed=0,
     block_size=4,
+    method="auto",
+    gram_iterations=8,
 ) -> tf.Tensor:
     """Spectral norm (largest singular value) of a 2-D convolution operator.
 
@@ -205,9 +247,19 @@ def conv2d_spectral_norm(
         block_size: number of vectors iterated together (zero padding); the
             rate of convergence is ``(sigma_{b+1} / sigma_1)**2``. Capped at
             the input dimension.
+        method: ``"auto"`` (FFT + eigendecomposition for circular padding,
+            block power iteration for zero padding) or ``"gram"``: a
+            certified upper bound by Gram iteration on the per-frequency
+            transfer matrices of the circular convolution (for zero padding,
+            on the smallest torus of which the zero-padded convolution is a
+            restriction; docs/norms.md#gram-iteration). Matrix products and
+            an rFFT only: float32, XLA, any device, differentiable.
+        gram_iterations: Gram steps ``t`` for ``method="gram"``.
 
     Returns:
-        A scalar tensor. For zero padding it is ``||A v||`` for the top Ritz
+        A scalar tensor. With ``method="gram"`` an upper bound of the norm
+        (see docs/norms.md#gram-iteration for its measured gap). Otherwise,
+        for zero padding it is ``||A v||`` for the top Ritz
         vector ``v`` of the final block: a lower bound that increases towards
         the norm. On small operators it agrees with a dense SVD to about 1e-6
         relative unless the ``block_size + 1`` largest singular values nearly
@@ -225,12 +277,18 @@ def conv2d_spectral_norm(
         >>> float(conv2d_spectral_norm(kernel, input_shape=(8, 8), padding="circular"))
         9.0
     """
+    method = _args.choice(method, "method", METHODS)
+    gram_iterations = _args.positive_int(gram_iterations, "gram_iterations")
     kernel, shape, strides, dilation_rate, pads, groups = _validate(
         kernel, input_shape, strides, padding, dilation_rate, groups
     )
+    if method == "gram":
+        if pads[0] != "circular":
+            shape = _enclosing_torus(shape, kernel.shape[:2], strides, dilation_rate, pads)
+        real, imag = _half_spectrum(kernel, shape, dilation_rate, groups)
+        return tf.exp(tf.reduce_max(log_gram_bound(real, imag, iterations=gram_iterations)))
     if pads[0] == "circular":
-        matrices = _circular_transfer_matrices(kernel, shape, dilation_rate, groups, full_spectrum=False)
-        return tf.sqrt(_largest_gram_eigenvalue(_realify(matrices)))
+        return tf.sqrt(_largest_gram_eigenvalue(_realify(*_half_spectrum(kernel, shape, dilation_rate, groups))))
 
     block_size = _args.positive_int(block_size, "block_size")
     c_in = kernel.shape[2] * groups
@@ -239,6 +297,27 @@ def conv2d_spectral_norm(
     start = tf.random.stateless_normal((block,) + shape + (c_in,), seed=(seed, 0), dtype=kernel.dtype)
     v = _dominant_right_vector(tf.stop_gradient(kernel), start, tol, max_iter, **conv)
     return tf.norm(_zero_padded_conv(v, kernel, **conv))
+
+
+def _enclosing_torus(shape, kernel_hw, strides, dilation_rate, pads):
+    """The smallest torus on which a zero-padded convolution is a restriction of the circular one.
+
+    Along an axis with input length ``n``, reach ``(k - 1) d + 1`` and zero
+    padding ``(b, a)``, every output that reads an input reads padded positions
+    in ``[-b', n - 1 + a']`` with ``b' = min(b, reach - 1)``, ``a' = min(a, reach - 1)``.
+    On a torus of length ``N = n + max(b', a')`` none of those padding
+    positions lands on an input, so (dropping outputs that read padding only,
+    which are zero) the zero-padded convolution is the circular one on that
+    torus restricted to the embedded inputs and to a subset of its outputs;
+    a strided one keeps a further subset of the stride-1 outputs. Either way
+    its norm is at most the circular norm (docs/norms.md#gram-iteration).
+    """
+    torus = []
+    for n, k, s, d, pad in zip(shape, kernel_hw, strides, dilation_rate, pads):
+        before, after, _ = geometry.axis_padding(n, k, s, d, pad)
+        reach = (k - 1) * d + 1
+        torus.append(n + max(min(before, reach - 1), min(after, reach - 1)))
+    return tuple(torus)
 
 
 @tf.function(autograph=False)
