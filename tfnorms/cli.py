@@ -152,8 +152,9 @@ def build_parser():
     norms = commands.add_parser(
         "norms", help="operator norms of every layer and their product over the network",
         description="A table of every Conv2D, DepthwiseConv2D, Dense and BatchNormalization layer: name, type, "
-                    "geometry, exact l1 and l_inf norms, the spectral norm (exact for Dense and BatchNorm, a "
-                    "power-iteration estimate from below for convolutions), and the products over the network, "
+                    "geometry, exact l1 and l_inf norms, the spectral norm (exact for BatchNorm; a certified upper "
+                    "bound by Gram iteration, or with --spectral=power exact for Dense and a power-iteration "
+                    "estimate from below for convolutions), and the products over the network, "
                     "an upper bound on its Lipschitz constant only for a chain of layers (caveats are printed).")
     _add_model_arguments(norms)
     norms.add_argument("--dataset", default=None, type=_checked(lambda v: _args.choice(v, "--dataset", sorted(
@@ -163,6 +164,10 @@ def build_parser():
                        help="side of the 'digits' images a PyTorch architecture is built for")
     norms.add_argument("--ord", type=_checked(_ords), default=(1, np.inf, 2),
                        help="comma-separated norms among 1, inf, 2 (default: 1,inf,2)")
+    norms.add_argument("--spectral", default="gram", type=_checked(lambda v: _args.choice(
+        v, "--spectral", ("gram", "power"))),
+        help="spectral norms of convolutions and Dense layers: 'gram' (default, certified upper bounds) or "
+             "'power' (power iteration: estimates from below for convolutions)")
     norms.add_argument("--json", action="store_true", help="print the table as JSON on stdout")
 
     evaluate = commands.add_parser(
@@ -209,10 +214,16 @@ def _geometry_text(geometry):
     return " ".join(f"{key}={value(v)}" for key, v in geometry.items())
 
 
+_SPECTRAL_MARKS = {"upper bound": "^", "estimate from below": "*"}  # exact values are unmarked
+_SPECTRAL_LEGEND = {"upper bound": "certified upper bound of the spectral norm (Gram iteration)",
+                    "estimate from below": "power-iteration estimate from below (zero-padded convolution), not a bound"}
+
+
 def _format_norms(table):
     ords = table["ords"]
     rows = [(row["path"], row["type"], _geometry_text(row["geometry"]),
-             [f"{row[name]:.5g}" + ("*" if name == "l2" and not row["l2_exact"] else "") for name in ords])
+             [f"{row[name]:.5g}" + _SPECTRAL_MARKS.get(row.get("l2_kind") if name == "l2" else None, "")
+              for name in ords])
             for row in table["layers"]]
     widths = [max(len(heading), *(len(row[i]) for row in rows)) for i, heading in enumerate(("layer", "type"))]
     header = f"{'layer':<{widths[0]}}  {'type':<{widths[1]}}" + "".join(f"  {name:>12}" for name in ords) + "  geometry"
@@ -223,8 +234,8 @@ def _format_norms(table):
     products = table["products"]
     lines.append(f"{'product over the network':<{widths[0] + widths[1] + 2}}"
                  + "".join(f"  {products[name]['value']:>12.5g}" for name in ords))
-    if "l2" in ords and not all(row["l2_exact"] for row in table["layers"]):
-        lines.append("* power-iteration estimate from below (zero-padded convolution), not a bound")
+    kinds = {row.get("l2_kind") for row in table["layers"]} if "l2" in ords else set()
+    lines += [f"{mark} {_SPECTRAL_LEGEND[kind]}" for kind, mark in _SPECTRAL_MARKS.items() if kind in kinds]
     for name in ords:
         product = products[name]
         verdict = "an upper bound on the Lipschitz constant" if product["upper_bound"] else "NOT a Lipschitz bound"
@@ -236,7 +247,7 @@ def _norms(options):
     from tfnorms import experiments
 
     model = load_model(options)
-    table = experiments.norm_table(model, options.ord)
+    table = experiments.norm_table(model, options.ord, spectral=options.spectral)
     if not table["layers"]:
         raise CommandError(f"model {options.model!r} has no Conv2D, DepthwiseConv2D, Dense or BatchNormalization layer")
     print(json.dumps(table, indent=2) if options.json else _format_norms(table))
