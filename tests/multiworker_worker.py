@@ -7,7 +7,9 @@ Both train the same tiny model (same seed) on the same 4 global batches of 8 for
 two epochs with TRADES (seeded training attack), norm decay and its momentum
 optimizer, validating on 2 batches, and write the initial and final weights
 (``initial.npz``, ``weights.npz``) and the history (``history.json``) to ``OUT_DIR``.
-Then a second model trains naturally through ``tfnorms.experiments.train_classifier``
+Then PGD-AT, MART and ALP (one epoch each, plain SGD) and TRADES under the
+``mixed_bfloat16`` policy train fresh copies (``<run>.npz``), and a last model
+trains naturally through ``tfnorms.experiments.train_classifier``
 with TensorBoard logs and backups in ``SHARED_DIR`` (the same directory for all
 workers: only the chief may write there); its weights go to ``natural.npz``.
 """
@@ -65,6 +67,17 @@ def main(mode, out_dir, shared_dir):
     np.savez(os.path.join(out_dir, "weights.npz"), *model.get_weights())
     with open(os.path.join(out_dir, "history.json"), "w") as f:
         json.dump({key: [float(v) for v in values] for key, values in history.history.items()}, f)
+
+    for method in ("pgd", "mart", "alp", "trades_bf16"):
+        keras.mixed_precision.set_global_policy("mixed_bfloat16" if method == "trades_bf16" else "float32")
+        with strategy.scope():
+            model = tiny_model(tfnorms, keras)
+            attack = tfnorms.attacks.PGD(0.1, 0.05, 1, loss="kl" if method.startswith("trades") else "ce", seed=0)
+            trainer = tfnorms.AdversarialTrainer(model, method=method.split("_")[0], attack=attack)
+            trainer.compile(keras.optimizers.SGD(0.1))
+        trainer.fit(dataset, epochs=1, verbose=0)
+        np.savez(os.path.join(out_dir, f"{method}.npz"), *[np.asarray(w, np.float32) for w in model.get_weights()])
+    keras.mixed_precision.set_global_policy("float32")
 
     with strategy.scope():
         natural = tiny_model(tfnorms, keras)

@@ -78,6 +78,14 @@ def test_two_workers_train_like_one_mirrored_process(tmp_path):
     for key, values in histories[0].items():
         np.testing.assert_allclose(values, histories[2][key], rtol=1e-5, err_msg=key)
 
+    # The other methods, and TRADES in mixed precision: the same step, the same agreement.
+    for run in ("pgd", "mart", "alp", "trades_bf16"):
+        chief, other, mirrored = (_weights(tmp_path / name, run) for name in ("worker0", "worker1", "mirrored"))
+        for i in trainable:
+            np.testing.assert_array_equal(chief[i], other[i], err_msg=run)
+        for a, b in zip(chief, mirrored):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=run)
+
     # Natural training through experiments.train_classifier: a plain Keras model fits on two workers too.
     chief, other, mirrored = (_weights(tmp_path / name, "natural") for name in ("worker0", "worker1", "mirrored"))
     for i in trainable:
