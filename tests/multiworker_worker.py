@@ -2,6 +2,7 @@
 
     python tests/multiworker_worker.py multi_worker OUT_DIR SHARED_DIR   # TF_CONFIG names the cluster and this task
     python tests/multiworker_worker.py mirrored OUT_DIR SHARED_DIR       # one process, MirroredStrategy on 2 CPUs
+    python tests/multiworker_worker.py MODE OUT_DIR SHARED_DIR resume    # only the resumable natural run
 
 Both train the same tiny model (same seed) on the same 4 global batches of 8 for
 two epochs with TRADES (seeded training attack), norm decay and its momentum
@@ -12,6 +13,10 @@ Then PGD-AT, MART and ALP (one epoch each, plain SGD) and TRADES under the
 trains naturally through ``tfnorms.experiments.train_classifier``
 with TensorBoard logs and backups in ``SHARED_DIR`` (the same directory for all
 workers: only the chief may write there); its weights go to ``natural.npz``.
+
+With ``resume`` only a natural run of ``RESUME_EPOCHS`` epochs with backups in
+``SHARED_DIR`` runs (``resumed.npz``); ``TFNORMS_FAULT_AT=natural:2`` kills a
+worker during its second epoch (:func:`tfnorms.resume.fault_injection`).
 """
 
 import json
@@ -23,6 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 GLOBAL_BATCH = 8
 EXAMPLES = 32
 EPOCHS = 2
+RESUME_EPOCHS = 3
 
 
 def tiny_model(tfnorms, keras):
@@ -36,7 +42,7 @@ def tiny_model(tfnorms, keras):
     ])
 
 
-def main(mode, out_dir, shared_dir):
+def main(mode, out_dir, shared_dir, phase="all"):
     import keras
     import numpy as np
     import tensorflow as tf
@@ -55,13 +61,23 @@ def main(mode, out_dir, shared_dir):
     x = rng.random((EXAMPLES, 8, 8, 1), dtype=np.float32)
     y = rng.integers(0, 3, EXAMPLES).astype("int32")
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
+    os.makedirs(out_dir, exist_ok=True)
+    if phase == "resume":
+        from tfnorms import resume
+
+        with strategy.scope():
+            model = tiny_model(tfnorms, keras)
+        experiments.train_classifier(model, dataset, method="natural", epochs=RESUME_EPOCHS, lr=0.05,
+                                     strategy=strategy, backup_dir=os.path.join(shared_dir, "backup"),
+                                     extra_callbacks=resume.fault_injection("natural"))
+        np.savez(os.path.join(out_dir, "resumed.npz"), *model.get_weights())
+        return
     with strategy.scope():
         model = tiny_model(tfnorms, keras)
         attack = tfnorms.attacks.PGD(0.1, 0.05, 2, loss="kl", random_start="normal", seed=0)
         trainer = tfnorms.AdversarialTrainer(model, method="trades", attack=attack)
         # Liang & Huang's norm decay memory around SGD with momentum.
         trainer.compile(tfnorms.NormDecayMomentum(keras.optimizers.SGD(0.1, momentum=0.9), momentum=0.5))
-    os.makedirs(out_dir, exist_ok=True)
     np.savez(os.path.join(out_dir, "initial.npz"), *model.get_weights())
     history = trainer.fit(dataset, epochs=EPOCHS, validation_data=dataset.take(2), verbose=0)
     np.savez(os.path.join(out_dir, "weights.npz"), *model.get_weights())
