@@ -140,8 +140,8 @@ def run():
     return experiments.write_results(
         FLAGS.output_dir, report,
         header=(f"Layer l1 norms: {FLAGS.dataset}, {FLAGS.model}; robust accuracy at eps {eval_eps:.4f} under "
-                f"{' + '.join(attack)} (worst case), {runs[0]['examples']} test examples, mean ± std over "
-                f"{FLAGS.seeds} seeds\n\n"),
+                f"{' + '.join(attack)} (worst case), {runs[0]['examples']} test examples, "
+                f"{experiments.over_seeds(FLAGS.seeds)}\n\n"),
         rows=rows,
         columns=["model", "clean_accuracy", "robust_accuracy", "mean_l1", "median_l1", "max_l1", "log10_prod_l1"],
         plots={

@@ -127,7 +127,7 @@ def run():
         FLAGS.output_dir, report,
         header=(f"Norm regularization: {FLAGS.dataset}, {FLAGS.model}, natural training, {FLAGS.epochs} epochs; "
                 f"robust accuracy at eps {FLAGS.eps:.4f} under {' + '.join(attack)} "
-                f"(worst case), {runs[0]['examples']} test examples, mean ± std over {FLAGS.seeds} seeds\n\n"),
+                f"(worst case), {runs[0]['examples']} test examples, {experiments.over_seeds(FLAGS.seeds)}\n\n"),
         rows=rows,
         columns=["run", "train_accuracy", "clean_accuracy", "robust_accuracy", "max_l1", "max_linf",
                  "log10_prod_l1", "train_seconds"],

@@ -249,8 +249,8 @@ def run():
     return experiments.write_results(
         FLAGS.output_dir, report,
         header=(f"Width study: {FLAGS.dataset}, WRN-{FLAGS.depth}-w, {FLAGS.method}, lambda {FLAGS.beta}, "
-                f"eps {FLAGS.eps}, {FLAGS.epochs} epochs, {examples} test examples, mean ± std over "
-                f"{FLAGS.seeds} seeds\n\n"),
+                f"eps {FLAGS.eps}, {FLAGS.epochs} epochs, {examples} test examples, "
+                f"{experiments.over_seeds(FLAGS.seeds)}\n\n"),
         rows=summary,
         columns=["schedule", "width", "beta", "final_lambda", "clean_accuracy", "robust_accuracy", "stability",
                  "local_lipschitz", "train_seconds"],

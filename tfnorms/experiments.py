@@ -70,6 +70,7 @@ __all__ = [
     "study_data",
     "summarize_runs",
     "summarize_seeds",
+    "over_seeds",
     "train_classifier",
     "write_json",
     "write_results",
@@ -667,6 +668,17 @@ def format_table(rows: Sequence[Mapping], columns: Sequence[str], floatfmt="{:.4
 def seed_values(seed, seeds):
     """The seeds of a study with ``--seed`` and ``--seeds``: ``seed, seed + 1, ..., seed + seeds - 1``."""
     return [_args.integer(seed, "seed") + i for i in range(_args.positive_int(seeds, "seeds"))]
+
+
+def over_seeds(seeds) -> str:
+    """How a study's table aggregates its seeds, for its header.
+
+    Example:
+        >>> over_seeds(3), over_seeds(1)
+        ('mean ± std over 3 seeds', 'one seed (no spread)')
+    """
+    seeds = _args.positive_int(seeds, "seeds")
+    return f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed (no spread)"
 
 
 def summarize_seeds(per_seed: Sequence[Mapping], metrics_keys: Sequence[str], **labels) -> dict:
