@@ -58,3 +58,29 @@ def deterministic_seeds(request):
     """
     offset = int(os.environ.get("TFNORMS_TEST_SEED", "0"))
     keras.utils.set_random_seed((zlib.crc32(request.node.nodeid.encode()) + offset) % 2**31)
+
+
+# Test modules by measured cost, the slowest first (pytest --durations=0). With
+# --dist loadscope and --no-loadscope-reorder (setup.cfg) the two workers take
+# whole modules in this order, so the long end-to-end modules start at once and
+# the many short modules fill the gaps at the end (longest processing time
+# first) instead of one long module running alone at the end of the run.
+SLOWEST_MODULES_FIRST = (
+    "test_multiworker.py",
+    "test_benchmarks.py",
+    "test_studies_norms.py",
+    "test_benchmarks_training.py",
+    "test_studies.py",
+    "test_resume.py",
+    "test_training.py",
+    "test_examples.py",
+    "test_cli.py",
+    "test_autoattack.py",
+    "test_torch_checkpoints.py",
+    "test_models.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: position for position, name in enumerate(SLOWEST_MODULES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

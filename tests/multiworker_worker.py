@@ -8,7 +8,7 @@ Both train the same tiny model (same seed) on the same 4 global batches of 8 for
 two epochs with TRADES (seeded training attack), norm decay and its momentum
 optimizer, validating on 2 batches, and write the initial and final weights
 (``initial.npz``, ``weights.npz``) and the history (``history.json``) to ``OUT_DIR``.
-Then PGD-AT, MART and ALP (one epoch each, plain SGD) and TRADES under the
+Then PGD-AT and MART (one epoch each, plain SGD; ALP differs from PGD-AT only in its loss) and TRADES under the
 ``mixed_bfloat16`` policy train fresh copies (``<run>.npz``), and a last model
 trains naturally through ``tfnorms.experiments.train_classifier``
 with TensorBoard logs and backups in ``SHARED_DIR`` (the same directory for all
@@ -84,7 +84,7 @@ def main(mode, out_dir, shared_dir, phase="all"):
     with open(os.path.join(out_dir, "history.json"), "w") as f:
         json.dump({key: [float(v) for v in values] for key, values in history.history.items()}, f)
 
-    for method in ("pgd", "mart", "alp", "trades_bf16"):
+    for method in ("pgd", "mart", "trades_bf16"):
         keras.mixed_precision.set_global_policy("mixed_bfloat16" if method == "trades_bf16" else "float32")
         with strategy.scope():
             model = tiny_model(tfnorms, keras)

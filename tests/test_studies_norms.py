@@ -10,7 +10,7 @@ from test_studies import assert_png, assert_summaries, run_study
 def test_norm_regularization_study(tmp_path):
     out = tmp_path / "norm_reg"
     stdout = run_study("norm_regularization.py", out, "--width=4", "--factors=1e-3", "--clip_values=0.5",
-                       "--svc_every=1", "--apgd_iter=2", "--eval_steps=2", "--methods=none,svc", "--seeds=1")
+                       "--svc_every=1", "--attack=pgd", "--eval_steps=2", "--methods=none,svc", "--seeds=1")
     report = json.loads((out / "results.json").read_text())
     labels = [r["run"] for r in report["runs"]]
     assert labels == ["none", "svc 0.5"]  # norm decay runs the same code path as training elsewhere
