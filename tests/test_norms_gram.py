@@ -154,7 +154,25 @@ def test_differentiable_and_compiles_with_xla():
     (lambda: log_gram_bound(np.ones((2, 2)), iterations=1.5), "`iterations`"),
     (lambda: norms.conv2d_spectral_norm(np.ones((3, 3, 1, 1)), input_shape=(6, 6), method="gram",
                                         gram_dense_limit=-1), "`gram_dense_limit`"),
+    (lambda: norms.conv2d_spectral_norm(np.ones((3, 3, 1, 1)), input_shape=(6, 6), method="gram",
+                                        gram_frequencies=0), "`gram_frequencies`"),
 ])
 def test_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_pruned_frequencies_keep_the_bound_certified_and_tight():
+    rng = np.random.default_rng(9)
+    # Equal taps put the symbol's peak at frequency (0, 0), far above the others.
+    peaked = np.tile(rng.normal(size=(1, 1, 8, 8)), (3, 3, 1, 1)) + 0.5 * rng.normal(size=(3, 3, 8, 8))
+    for kernel, keep in [(peaked, 2), (rng.normal(size=(3, 3, 3, 4)), 1), (rng.normal(size=(3, 3, 3, 4)), 5)]:
+        exact = l2(bf.circular_matrix(kernel, (8, 8)))
+        args = {"input_shape": (8, 8), "padding": "circular", "method": "gram"}
+        full = float(norms.conv2d_spectral_norm(kernel, **args, gram_iterations=6))
+        pruned = float(norms.conv2d_spectral_norm(kernel, **args, gram_iterations=6, gram_frequencies=keep))
+        coarse = float(norms.conv2d_spectral_norm(kernel, **args, gram_iterations=3))  # where 6 steps prune
+        assert exact <= full <= pruned <= coarse
+        if keep == 2:  # the peak is kept and refined: the pruned bound is the full one
+            np.testing.assert_allclose(pruned, full, rtol=1e-9)
+            assert coarse > 1.005 * full  # so the kept frequency's refinement is what made it tight

@@ -101,9 +101,7 @@ def log_hermitian_bound(real, imag=None, squarings=0, *, log_scale=0.0) -> tf.Te
 
     ``R`` symmetric, ``S`` antisymmetric (or ``None``). ``squarings = j`` Gram
     steps of a Hermitian ``H`` are ``H^(2^j)`` (``H^* H = H^2``), and
-    ``max |lambda| = ||H^(2^j)||_2^(1 / 2^j) <= ||H^(2^j)||_F^(1 / 2^j)``. Each
-    square costs two real products: with ``X = R S`` (so ``S R = -X^T``),
-    ``(R + iS)^2 = ((R + S)(R - S) + X + X^T) + i (X - X^T)``.
+    ``max |lambda| = ||H^(2^j)||_2^(1 / 2^j) <= ||H^(2^j)||_F^(1 / 2^j)``.
 
     Args:
         real: ``(..., n, n)`` symmetric real part.
@@ -122,7 +120,19 @@ def log_hermitian_bound(real, imag=None, squarings=0, *, log_scale=0.0) -> tf.Te
     """
     real = tf.convert_to_tensor(real)
     imag = None if imag is None else tf.cast(imag, real.dtype)
-    for step in range(squarings):
+    return log_bound_of(*hermitian_squarings(real, imag, log_scale, 0, squarings), squarings)
+
+
+def hermitian_squarings(real, imag, log_scale, first, last):
+    """Gram steps ``first .. last - 1`` of Hermitian iterates ``exp(log_scale) (R + iS)``, rescaled.
+
+    Returns ``(real, imag, log_scale)`` after step ``last``, from which
+    :func:`log_bound_of` bounds the log of the largest |eigenvalue| of the
+    matrix the squarings started from. Each square
+    costs two real products: with ``X = R S`` (so ``S R = -X^T``),
+    ``(R + iS)^2 = ((R + S)(R - S) + X + X^T) + i (X - X^T)``.
+    """
+    for step in range(first, last):
         norm = _frobenius(real, imag)
         real = real / norm[..., None, None]
         log_scale += tf.math.log(norm) / 2.0**step
@@ -134,4 +144,16 @@ def log_hermitian_bound(real, imag=None, squarings=0, *, log_scale=0.0) -> tf.Te
         cross_t = tf.linalg.matrix_transpose(cross)
         real = tf.matmul(real + imag, real - imag) + cross + cross_t
         imag = cross - cross_t
-    return log_scale + tf.math.log(_frobenius(real, imag)) / 2.0**squarings
+    return real, imag, log_scale
+
+
+# The same loop as one XLA cluster (also inside a caller's tf.function, and differentiable):
+# TensorFlow's CPU batched products of many 256x256 matrices run about 1.8x faster under
+# XLA. Each new shape compiles once (about a second), so it serves the large batches of
+# the torus bound; small and one-off shapes use the plain loop.
+compiled_hermitian_squarings = tf.function(hermitian_squarings, jit_compile=True, autograph=False)
+
+
+def log_bound_of(real, imag, log_scale, steps):
+    """``log_scale + log ||R + iS||_F / 2^steps``: the bound after ``steps`` squarings."""
+    return log_scale + tf.math.log(_frobenius(real, imag)) / 2.0**steps

@@ -24,7 +24,12 @@ import tensorflow as tf
 
 from tfnorms import _args, _inputs
 from tfnorms.norms import geometry
-from tfnorms.norms.gram import log_gram_bound, log_hermitian_bound, rounding_margin
+from tfnorms.norms.gram import (
+    compiled_hermitian_squarings,
+    log_bound_of,
+    log_gram_bound,
+    rounding_margin,
+)
 from tfnorms.norms.operator_norms import _check_kernel, validate_conv_args
 
 
@@ -228,6 +233,7 @@ def conv2d_spectral_norm(
     method="auto",
     gram_iterations=8,
     gram_dense_limit=DENSE_LIMIT,
+    gram_frequencies=None,
 ) -> tf.Tensor:
     """Spectral norm (largest singular value) of a 2-D convolution operator.
 
@@ -263,6 +269,11 @@ def conv2d_spectral_norm(
             convolution of an identity batch), which is tight on small
             inputs; above it, on the enclosing torus. ``0`` always uses the
             torus (docs/norms.md#gram-iteration).
+        gram_frequencies: torus bound with ``method="gram"``: ``None`` runs
+            every step on every frequency; an int ``m`` runs ``t - 3``
+            steps on all, then the last 3 on the ``m`` frequencies with the
+            largest bounds only (still certified: the others count with their
+            coarse bounds; tight when those fall below the norm).
 
     Returns:
         A scalar tensor. With ``method="gram"`` an upper bound of the norm
@@ -288,6 +299,7 @@ def conv2d_spectral_norm(
     method = _args.choice(method, "method", METHODS)
     gram_iterations = _args.positive_int(gram_iterations, "gram_iterations")
     gram_dense_limit = _args.positive_int(gram_dense_limit, "gram_dense_limit", minimum=0)
+    gram_frequencies = _args.positive_int(gram_frequencies, "gram_frequencies", allow_none=True)
     kernel, shape, strides, dilation_rate, pads, groups = _validate(
         kernel, input_shape, strides, padding, dilation_rate, groups
     )
@@ -298,7 +310,7 @@ def conv2d_spectral_norm(
                                                        iterations=gram_iterations)))
         if pads[0] != "circular":
             shape = _enclosing_torus(shape, kernel.shape[:2], strides, dilation_rate, pads)
-        return tf.exp(_torus_log_bound(kernel, shape, dilation_rate, groups, gram_iterations))
+        return tf.exp(_torus_log_bound(kernel, shape, dilation_rate, groups, gram_iterations, gram_frequencies))
     if pads[0] == "circular":
         return tf.sqrt(_largest_gram_eigenvalue(_realify(*_half_spectrum(kernel, shape, dilation_rate, groups))))
 
@@ -334,7 +346,7 @@ def _zero_padded_matrices(kernel, shape, strides, dilation_rate, pads, groups):
     return tf.stack([tf.reshape(block, (n_in, -1)) for block in blocks])
 
 
-def _torus_log_bound(kernel, size, dilation_rate, groups, iterations):
+def _torus_log_bound(kernel, size, dilation_rate, groups, iterations, keep=None):
     """``log`` of the Gram bound of the circular convolution on an ``n_h x n_w`` torus.
 
     The first Gram step is taken on the kernel, not per frequency. With
@@ -346,7 +358,10 @@ def _torus_log_bound(kernel, size, dilation_rate, groups, iterations):
     autocorrelation (``(2 kh - 1)(2 kw - 1)`` matrices) and one cosine/sine
     table product give ``G_1`` at every frequency of the rFFT half; the
     remaining ``t - 1`` steps square these Hermitian matrices
-    (docs/theory.md#gram-iteration).
+    (docs/theory.md#gram-iteration). With ``keep``, the frequencies (and
+    groups) stop after ``t - 3`` steps except the ``keep`` with the largest
+    bounds; the result is the larger of their final bounds and the largest
+    stopped bound.
     """
     kh, kw, c_in_g, c_out = kernel.shape
     # Products of K / max|K| can neither overflow nor all underflow; the scale returns in log space.
@@ -367,11 +382,22 @@ def _torus_log_bound(kernel, size, dilation_rate, groups, iterations):
     n_h, n_w = size
     u, v = np.meshgrid(np.arange(n_h) / n_h, np.arange(n_w // 2 + 1) / n_w, indexing="ij")
     phase = 2 * np.pi * (u.reshape(-1, 1) * deltas[None, :, 0] + v.reshape(-1, 1) * deltas[None, :, 1])
-    parts = [tf.reshape(tf.matmul(tf.constant(table, kernel.dtype), autocorrelation), (groups, -1, side, side))
-             for table in (np.cos(phase), -np.sin(phase))]
-    log_bounds = log_hermitian_bound(*parts, iterations - 1) / 2.0 + tf.math.log(peak)
-    # The margin of log_gram_bound on the same transfer matrices (docs/norms.md#gram-iteration).
-    return tf.reduce_max(log_bounds) + rounding_margin(max(c_in_g, c_out // groups), kernel.dtype)
+    real, imag = [tf.reshape(tf.matmul(tf.constant(table, kernel.dtype), autocorrelation), (-1, side, side))
+                  for table in (np.cos(phase), -np.sin(phase))]
+    count = real.shape[0]  # groups x frequencies
+    coarse = iterations - 1 if keep is None or keep >= count else max(0, iterations - 4)
+    state = compiled_hermitian_squarings(real, imag, tf.zeros((count,), kernel.dtype), 0, coarse)
+    log_bound = tf.reduce_max(log_bound_of(*state, coarse))
+    if coarse < iterations - 1:
+        # Pruning (docs/theory.md#gram-iteration): every coarse bound is certified, so the
+        # pruned frequencies' norms are at most the largest pruned bound, the (keep+1)-th.
+        top = tf.math.top_k(log_bound_of(*state, coarse), keep + 1)
+        kept = [tf.gather(part, top.indices[:keep]) for part in state]
+        refined = log_bound_of(*compiled_hermitian_squarings(*kept, coarse, iterations - 1), iterations - 1)
+        log_bound = tf.maximum(tf.reduce_max(refined), top.values[keep])
+    # G_1 = P P^* / peak^2, so log sigma = log lambda / 2 + log peak; the margin of
+    # log_gram_bound on the same transfer matrices (docs/norms.md#gram-iteration).
+    return log_bound / 2.0 + tf.math.log(peak) + rounding_margin(max(c_in_g, c_out // groups), kernel.dtype)
 
 
 def _enclosing_torus(shape, kernel_hw, strides, dilation_rate, pads):
