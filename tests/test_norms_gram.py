@@ -34,7 +34,8 @@ def grid(count, seed):
         elif padding != "circular" and len(cases) % 3 == 2:
             dilation = (2, rng.randint(1, 2))  # TensorFlow has no strided dilated convolution
         reach = [(k - 1) * d + 1 for k, d in zip((kh, kw), dilation)]
-        if padding == "valid" and min(n - e for n, e in zip(hw, reach)) < 0:
+        pads = {"circular": ((9, 9), (9, 9)), "same": ((9, 9), (9, 9)), "valid": ((0, 0), (0, 0))}.get(padding, padding)
+        if any(n + sum(pad) < e for n, pad, e in zip(hw, pads, reach)):  # no output
             continue
         if c_in * hw[0] * hw[1] <= 600:  # the Gram side of the dense route: keeps the test fast
             cases.append((kh, kw, c_in, c_out, hw, padding, strides, dilation))
@@ -166,7 +167,7 @@ def test_pruned_frequencies_keep_the_bound_certified_and_tight():
     rng = np.random.default_rng(9)
     # Equal taps put the symbol's peak at frequency (0, 0), far above the others.
     peaked = np.tile(rng.normal(size=(1, 1, 8, 8)), (3, 3, 1, 1)) + 0.5 * rng.normal(size=(3, 3, 8, 8))
-    for kernel, keep in [(peaked, 2), (rng.normal(size=(3, 3, 3, 4)), 1), (rng.normal(size=(3, 3, 3, 4)), 5)]:
+    for kernel, keep in [(peaked, 2), (rng.normal(size=(3, 3, 3, 4)), 1)]:
         exact = l2(bf.circular_matrix(kernel, (8, 8)))
         args = {"input_shape": (8, 8), "padding": "circular", "method": "gram"}
         full = float(norms.conv2d_spectral_norm(kernel, **args, gram_iterations=6))

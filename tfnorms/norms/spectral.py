@@ -231,7 +231,7 @@ def conv2d_spectral_norm(
     seed=0,
     block_size=4,
     method="auto",
-    gram_iterations=8,
+    gram_iterations=None,
     gram_dense_limit=DENSE_LIMIT,
     gram_frequencies=None,
 ) -> tf.Tensor:
@@ -261,7 +261,11 @@ def conv2d_spectral_norm(
             on the smallest torus of which the zero-padded convolution is a
             restriction; docs/norms.md#gram-iteration). Matrix products and
             an rFFT only: float32, XLA, any device, differentiable.
-        gram_iterations: Gram steps ``t`` for ``method="gram"``.
+        gram_iterations: Gram steps ``t`` for ``method="gram"``. ``None``:
+            8 for the torus bound; for the dense zero-padded operator (rank
+            ``r <= min(n_in, n_out)``) the smallest ``t >= 8`` whose
+            worst-case overestimate ``r^(1 / 2^(t+1))`` is at most 1.001
+            (repeated top singular values, e.g. of 1x1 kernels, reach it).
         gram_dense_limit: zero padding with ``method="gram"``: when the
             dense matrix of the zero-padded operator has at most this many
             entries (``H W c_in_g * H_out W_out c_out``), the Gram iteration
@@ -297,7 +301,7 @@ def conv2d_spectral_norm(
         9.0
     """
     method = _args.choice(method, "method", METHODS)
-    gram_iterations = _args.positive_int(gram_iterations, "gram_iterations")
+    gram_iterations = _args.positive_int(gram_iterations, "gram_iterations", allow_none=True)
     gram_dense_limit = _args.positive_int(gram_dense_limit, "gram_dense_limit", minimum=0)
     gram_frequencies = _args.positive_int(gram_frequencies, "gram_frequencies", allow_none=True)
     kernel, shape, strides, dilation_rate, pads, groups = _validate(
@@ -306,11 +310,14 @@ def conv2d_spectral_norm(
     conv = {"strides": strides, "dilation_rate": dilation_rate, "pads": pads, "groups": groups}
     if method == "gram":
         if pads[0] != "circular" and _dense_entries(kernel.shape, shape, **conv) <= gram_dense_limit:
-            return tf.exp(tf.reduce_max(log_gram_bound(_zero_padded_matrices(kernel, shape, **conv),
-                                                       iterations=gram_iterations)))
+            matrices = _zero_padded_matrices(kernel, shape, **conv)
+            if gram_iterations is None:
+                rank = min(matrices.shape[1:])
+                gram_iterations = max(8, int(np.ceil(np.log2(np.log(max(rank, 2)) / np.log(1.001)))) - 1)
+            return tf.exp(tf.reduce_max(log_gram_bound(matrices, iterations=gram_iterations)))
         if pads[0] != "circular":
             shape = _enclosing_torus(shape, kernel.shape[:2], strides, dilation_rate, pads)
-        return tf.exp(_torus_log_bound(kernel, shape, dilation_rate, groups, gram_iterations, gram_frequencies))
+        return tf.exp(_torus_log_bound(kernel, shape, dilation_rate, groups, gram_iterations or 8, gram_frequencies))
     if pads[0] == "circular":
         return tf.sqrt(_largest_gram_eigenvalue(_realify(*_half_spectrum(kernel, shape, dilation_rate, groups))))
 
