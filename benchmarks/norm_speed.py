@@ -46,6 +46,7 @@ define_common_flags("norm_speed")
 flags.DEFINE_integer("repeats", 100, "Timed calls per exact-norm measurement (the paper: 100).")
 flags.DEFINE_integer("power_iterations", 500, "Power iterations (the paper: 500).")
 flags.DEFINE_integer("gram_steps", 8, "Gram iteration steps of the spectral bound.")
+flags.DEFINE_integer("gram_frequencies", 64, "Frequencies kept for the last 3 Gram steps in the pruned row.")
 flags.DEFINE_list("gram_shapes", ["3x32x32", "3x128x256", "3x256x512"],
                   "Kernel shapes k x c_in x c_out of the Gram table (the paper's: add 3x32x128, 5x256x128, 5x512x256).")
 flags.DEFINE_string("gram_model", "34x10", "WideResNet depth x width of the whole-model Gram table.")
@@ -221,31 +222,37 @@ def per_call_rows(repeats):
     return [dict(shape="3x3 32->32", method=m, median_seconds=t) for m, t in times.items()]
 
 
-def gram_rows(shapes, power_iterations, steps):
-    """Gram-iteration bound vs power iteration and FFT+SVD, zero padding "same" on 32x32."""
+def gram_rows(shapes, power_iterations, steps, keep):
+    """Gram-iteration bound (all frequencies, and pruned) vs power iteration and FFT+SVD, "same" on 32x32."""
     rng = np.random.default_rng(2)
     args = dict(input_shape=INPUT, padding="same")
     rows = []
-    print(f'Spectral norm, "same" padding on {INPUT}: Gram iteration ({steps} steps) vs '
-          f"{power_iterations} power iterations vs FFT+SVD (circular)")
+    print(f'Spectral norm, "same" padding on {INPUT}: Gram iteration ({steps} steps; pruned: the last 3 on '
+          f"{keep} frequencies) vs {power_iterations} power iterations vs FFT+SVD (circular)")
     for k, c_in, c_out in shapes:
         kernel = tf.constant(rng.normal(size=(k, k, c_in, c_out)).astype(np.float32))
         gram = tf.function(lambda w: norms.conv2d_spectral_norm(w, **args, method="gram", gram_iterations=steps))
+        pruned = tf.function(lambda w: norms.conv2d_spectral_norm(
+            w, **args, method="gram", gram_iterations=steps, gram_frequencies=keep))
         power = tf.function(lambda w: norms.conv2d_spectral_norm(
             w, **args, tol=0.0, max_iter=power_iterations, block_size=1))
         fft_svd = tf.function(lambda w: tf.reduce_max(reference_fft_svd(w, INPUT)))
-        bound, lower = float(gram(kernel)), float(power(kernel))
+        bound, pruned_bound, lower = float(gram(kernel)), float(pruned(kernel)), float(power(kernel))
         times = {"gram": median_seconds(lambda gram=gram, kernel=kernel: gram(kernel), 3),
+                 "gram_pruned": median_seconds(lambda pruned=pruned, kernel=kernel: pruned(kernel), 3),
                  "power_iteration": median_seconds(lambda power=power, kernel=kernel: power(kernel), 1),
                  "fft_svd": median_seconds(lambda fft_svd=fft_svd, kernel=kernel: fft_svd(kernel), 1)}
-        gap = bound / lower - 1  # >= the true gap: power iteration is a lower bound
+        gap, pruned_gap = bound / lower - 1, pruned_bound / lower - 1  # >= the true gaps: power iteration is a lower bound
         label = f"{k}x{k} {c_in}->{c_out}"
-        print(f"{label:>16} gram {times['gram']:7.2f} s  power {times['power_iteration']:7.2f} s "
-              f"(x{times['power_iteration'] / times['gram']:5.1f})  FFT+SVD {times['fft_svd']:7.2f} s  "
-              f"gap <= {gap:.2%}")
-        rows.append(dict(shape=label, gram_seconds=times["gram"], power_seconds=times["power_iteration"],
-                         fft_svd_seconds=times["fft_svd"], gram_bound=bound, power_estimate=lower,
-                         gap_upper_bound=gap, gram_steps=steps, power_iterations=power_iterations))
+        print(f"{label:>16} gram {times['gram']:7.2f} s (x{times['power_iteration'] / times['gram']:5.1f}, "
+              f"gap <= {gap:.2%})  pruned {times['gram_pruned']:7.2f} s "
+              f"(x{times['power_iteration'] / times['gram_pruned']:5.1f}, gap <= {pruned_gap:.2%})  "
+              f"power {times['power_iteration']:7.2f} s  FFT+SVD {times['fft_svd']:7.2f} s")
+        rows.append(dict(shape=label, gram_seconds=times["gram"], gram_pruned_seconds=times["gram_pruned"],
+                         power_seconds=times["power_iteration"], fft_svd_seconds=times["fft_svd"],
+                         gram_bound=bound, gram_pruned_bound=pruned_bound, power_estimate=lower,
+                         gap_upper_bound=gap, pruned_gap_upper_bound=pruned_gap, gram_steps=steps,
+                         gram_frequencies=keep, power_iterations=power_iterations))
     return rows
 
 
@@ -333,7 +340,8 @@ def main(argv):
         result["per_call"] = per_call_rows(20 if FLAGS.quick else 200)
     if "gram" in FLAGS.parts:
         gram_shapes = [tuple(int(v) for v in shape.split("x")) for shape in FLAGS.gram_shapes]
-        result["gram"] = gram_rows(shapes if FLAGS.quick else gram_shapes, iterations, FLAGS.gram_steps)
+        result["gram"] = gram_rows(shapes if FLAGS.quick else gram_shapes, iterations, FLAGS.gram_steps,
+                                   FLAGS.gram_frequencies)
     if "gram_model" in FLAGS.parts:
         model_depth, model_width = (10, 1) if FLAGS.quick else map(int, FLAGS.gram_model.split("x"))
         result["gram_model"] = gram_model_rows(model_depth, model_width, FLAGS.gram_steps)

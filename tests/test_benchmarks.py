@@ -32,7 +32,9 @@ def test_norm_speed_quick(tmp_path):
     peer = {(row["ord"], row["method"]) for row in result["peer"]}
     assert {("l1", "pytorch_official_formulation"), ("linf", "memory_floor_sum_abs")} <= peer
     assert all(row["max_relative_difference_to_pytorch"] < 1e-5 for row in result["peer"])
-    assert all(row["gap_upper_bound"] >= 0 for row in result["gram"])  # a bound over a lower bound
+    # Bounds over a lower bound; pruning never lowers the bound.
+    assert all(row["gap_upper_bound"] >= 0 for row in result["gram"])
+    assert all(row["pruned_gap_upper_bound"] >= row["gap_upper_bound"] - 1e-6 for row in result["gram"])
     assert result["gram_model"]["median_gap_upper_bound"] >= 0 and result["per_call"]
 
 

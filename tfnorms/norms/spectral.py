@@ -22,10 +22,14 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfnorms import _args
-from tfnorms import _inputs
+from tfnorms import _args, _inputs
 from tfnorms.norms import geometry
-from tfnorms.norms.gram import log_gram_bound
+from tfnorms.norms.gram import (
+    compiled_hermitian_squarings,
+    log_bound_of,
+    log_gram_bound,
+    rounding_margin,
+)
 from tfnorms.norms.operator_norms import _check_kernel, validate_conv_args
 
 
@@ -40,6 +44,7 @@ def _largest_gram_eigenvalue(matrices: tf.Tensor) -> tf.Tensor:
 
 
 METHODS = ("auto", "gram")
+DENSE_LIMIT = 2**21  # entries of the dense zero-padded operator up to which method="gram" uses it
 
 
 def dense_spectral_norm(kernel, *, method="auto", gram_iterations=8) -> tf.Tensor:
@@ -90,7 +95,7 @@ def _circular_transfer_matrices(kernel, size, dilation_rate, groups, full_spectr
     Returns complex tensors ``(n_h, n_f, groups, c_out_g, c_in_g)`` where ``n_f``
     is ``n_w`` (full spectrum) or ``n_w // 2 + 1`` (real FFT).
     """
-    kh, kw, c_in_g, c_out = kernel.shape
+    _, _, c_in_g, c_out = kernel.shape
     torus = _fold_onto_torus(kernel, size, dilation_rate)  # (n_h, n_w, c_in_g, c_out)
     torus = tf.reshape(torus, (size[0], size[1], c_in_g, groups, c_out // groups))
     spatial_last = tf.transpose(torus, (3, 4, 2, 0, 1))  # (g, c_out_g, c_in_g, n_h, n_w)
@@ -226,7 +231,9 @@ def conv2d_spectral_norm(
     seed=0,
     block_size=4,
     method="auto",
-    gram_iterations=8,
+    gram_iterations=None,
+    gram_dense_limit=DENSE_LIMIT,
+    gram_frequencies=None,
 ) -> tf.Tensor:
     """Spectral norm (largest singular value) of a 2-D convolution operator.
 
@@ -254,7 +261,23 @@ def conv2d_spectral_norm(
             on the smallest torus of which the zero-padded convolution is a
             restriction; docs/norms.md#gram-iteration). Matrix products and
             an rFFT only: float32, XLA, any device, differentiable.
-        gram_iterations: Gram steps ``t`` for ``method="gram"``.
+        gram_iterations: Gram steps ``t`` for ``method="gram"``. ``None``:
+            8 for the torus bound; for the dense zero-padded operator (rank
+            ``r <= min(n_in, n_out)``) the smallest ``t >= 8`` whose
+            worst-case overestimate ``r^(1 / 2^(t+1))`` is at most 1.001
+            (repeated top singular values, e.g. of 1x1 kernels, reach it).
+        gram_dense_limit: zero padding with ``method="gram"``: when the
+            dense matrix of the zero-padded operator has at most this many
+            entries (``H W c_in_g * H_out W_out c_out``), the Gram iteration
+            runs on that matrix itself (built in the graph from the
+            convolution of an identity batch), which is tight on small
+            inputs; above it, on the enclosing torus. ``0`` always uses the
+            torus (docs/norms.md#gram-iteration).
+        gram_frequencies: torus bound with ``method="gram"``: ``None`` runs
+            every step on every frequency; an int ``m`` runs ``t - 3``
+            steps on all, then the last 3 on the ``m`` frequencies with the
+            largest bounds only (still certified: the others count with their
+            coarse bounds; tight when those fall below the norm).
 
     Returns:
         A scalar tensor. With ``method="gram"`` an upper bound of the norm
@@ -278,25 +301,110 @@ def conv2d_spectral_norm(
         9.0
     """
     method = _args.choice(method, "method", METHODS)
-    gram_iterations = _args.positive_int(gram_iterations, "gram_iterations")
+    gram_iterations = _args.positive_int(gram_iterations, "gram_iterations", allow_none=True)
+    gram_dense_limit = _args.positive_int(gram_dense_limit, "gram_dense_limit", minimum=0)
+    gram_frequencies = _args.positive_int(gram_frequencies, "gram_frequencies", allow_none=True)
     kernel, shape, strides, dilation_rate, pads, groups = _validate(
         kernel, input_shape, strides, padding, dilation_rate, groups
     )
+    conv = {"strides": strides, "dilation_rate": dilation_rate, "pads": pads, "groups": groups}
     if method == "gram":
+        if pads[0] != "circular" and _dense_entries(kernel.shape, shape, **conv) <= gram_dense_limit:
+            matrices = _zero_padded_matrices(kernel, shape, **conv)
+            if gram_iterations is None:
+                rank = min(matrices.shape[1:])
+                gram_iterations = max(8, int(np.ceil(np.log2(np.log(max(rank, 2)) / np.log(1.001)))) - 1)
+            return tf.exp(tf.reduce_max(log_gram_bound(matrices, iterations=gram_iterations)))
         if pads[0] != "circular":
             shape = _enclosing_torus(shape, kernel.shape[:2], strides, dilation_rate, pads)
-        real, imag = _half_spectrum(kernel, shape, dilation_rate, groups)
-        return tf.exp(tf.reduce_max(log_gram_bound(real, imag, iterations=gram_iterations)))
+        return tf.exp(_torus_log_bound(kernel, shape, dilation_rate, groups, gram_iterations or 8, gram_frequencies))
     if pads[0] == "circular":
         return tf.sqrt(_largest_gram_eigenvalue(_realify(*_half_spectrum(kernel, shape, dilation_rate, groups))))
 
     block_size = _args.positive_int(block_size, "block_size")
     c_in = kernel.shape[2] * groups
     block = int(min(block_size, shape[0] * shape[1] * c_in))
-    conv = dict(strides=strides, dilation_rate=dilation_rate, pads=pads, groups=groups)
     start = tf.random.stateless_normal((block,) + shape + (c_in,), seed=(seed, 0), dtype=kernel.dtype)
     v = _dominant_right_vector(tf.stop_gradient(kernel), start, tol, max_iter, **conv)
     return tf.norm(_zero_padded_conv(v, kernel, **conv))
+
+
+def _dense_entries(kernel_shape, shape, strides, dilation_rate, pads, groups):
+    """Entries of the dense matrices of a zero-padded convolution (all groups)."""
+    kh, kw, c_in_g, c_out = kernel_shape
+    outputs = [geometry.output_size(*axis) for axis in zip(shape, (kh, kw), strides, dilation_rate, pads)]
+    return shape[0] * shape[1] * c_in_g * outputs[0] * outputs[1] * c_out
+
+
+def _zero_padded_matrices(kernel, shape, strides, dilation_rate, pads, groups):
+    """``(groups, n_in, n_out)``: the transposed dense matrix of each group's zero-padded convolution.
+
+    Row ``i`` is the convolution of the ``i``-th basis input (an identity batch
+    through the same strided, dilated, padded convolution): exact,
+    differentiable in the kernel, real arithmetic. Channel groups do not mix,
+    so the operator is block diagonal with these blocks and its norm is the
+    largest of theirs.
+    """
+    c_in_g = kernel.shape[2]
+    n_in = shape[0] * shape[1] * c_in_g
+    basis = tf.reshape(tf.eye(n_in, dtype=kernel.dtype), (n_in,) + tuple(shape) + (c_in_g,))
+    blocks = [_zero_padded_conv(basis, block, strides, dilation_rate, pads, 1)
+              for block in tf.split(kernel, groups, axis=-1)]
+    return tf.stack([tf.reshape(block, (n_in, -1)) for block in blocks])
+
+
+def _torus_log_bound(kernel, size, dilation_rate, groups, iterations, keep=None):
+    """``log`` of the Gram bound of the circular convolution on an ``n_h x n_w`` torus.
+
+    The first Gram step is taken on the kernel, not per frequency. With
+    ``P(w) = sum_a K_a e^{-i w.a}`` (``K_a`` the ``c_in_g x c_out_g`` tap at
+    offset ``a``), the smaller Gram matrix is
+    ``P P^* = sum_{a, b} K_a K_b^T e^{-i w.(a - b)} = sum_delta C_delta e^{-i w.delta}``
+    with ``C_delta = sum_{a - b = delta} K_a K_b^T`` (or ``P^* P`` from
+    ``K_a^T K_b``, with the conjugate phase: same eigenvalues): the kernel's channel
+    autocorrelation (``(2 kh - 1)(2 kw - 1)`` matrices) and one cosine/sine
+    table product give ``G_1`` at every frequency of the rFFT half; the
+    remaining ``t - 1`` steps square these Hermitian matrices
+    (docs/theory.md#gram-iteration). With ``keep``, the frequencies (and
+    groups) stop after ``t - 3`` steps except the ``keep`` with the largest
+    bounds; the result is the larger of their final bounds and the largest
+    stopped bound.
+    """
+    kh, kw, c_in_g, c_out = kernel.shape
+    # Products of K / max|K| can neither overflow nor all underflow; the scale returns in log space.
+    peak = tf.maximum(tf.reduce_max(tf.abs(kernel)), np.finfo(kernel.dtype.as_numpy_dtype).tiny)
+    taps = tf.reshape(kernel / peak, (kh * kw, c_in_g, groups, c_out // groups))
+    if c_in_g <= c_out // groups:
+        products, side = tf.einsum("aigo,bjgo->gabij", taps, taps), c_in_g
+    else:
+        products, side = tf.einsum("aigo,bigp->gabop", taps, taps), c_out // groups
+    rows, cols = np.divmod(np.arange(kh * kw), kw)
+    offsets = np.stack([(rows[:, None] - rows[None, :]) * dilation_rate[0],
+                        (cols[:, None] - cols[None, :]) * dilation_rate[1]], axis=-1).reshape(-1, 2)
+    deltas, which = np.unique(offsets, axis=0, return_inverse=True)
+    collect = np.zeros((len(deltas), kh * kw * kh * kw))
+    collect[which.reshape(-1), np.arange(kh * kw * kh * kw)] = 1.0
+    products = tf.reshape(products, (groups, kh * kw * kh * kw, side * side))
+    autocorrelation = tf.matmul(tf.constant(collect, kernel.dtype), products)  # (groups, deltas, side^2)
+    n_h, n_w = size
+    u, v = np.meshgrid(np.arange(n_h) / n_h, np.arange(n_w // 2 + 1) / n_w, indexing="ij")
+    phase = 2 * np.pi * (u.reshape(-1, 1) * deltas[None, :, 0] + v.reshape(-1, 1) * deltas[None, :, 1])
+    real, imag = [tf.reshape(tf.matmul(tf.constant(table, kernel.dtype), autocorrelation), (-1, side, side))
+                  for table in (np.cos(phase), -np.sin(phase))]
+    count = real.shape[0]  # groups x frequencies
+    coarse = iterations - 1 if keep is None or keep >= count else max(0, iterations - 4)
+    state = compiled_hermitian_squarings(real, imag, tf.zeros((count,), kernel.dtype), 0, coarse)
+    log_bound = tf.reduce_max(log_bound_of(*state, coarse))
+    if coarse < iterations - 1:
+        # Pruning (docs/theory.md#gram-iteration): every coarse bound is certified, so the
+        # pruned frequencies' norms are at most the largest pruned bound, the (keep+1)-th.
+        top = tf.math.top_k(log_bound_of(*state, coarse), keep + 1)
+        kept = [tf.gather(part, top.indices[:keep]) for part in state]
+        refined = log_bound_of(*compiled_hermitian_squarings(*kept, coarse, iterations - 1), iterations - 1)
+        log_bound = tf.maximum(tf.reduce_max(refined), top.values[keep])
+    # G_1 = P P^* / peak^2, so log sigma = log lambda / 2 + log peak; the margin of
+    # log_gram_bound on the same transfer matrices (docs/norms.md#gram-iteration).
+    return log_bound / 2.0 + tf.math.log(peak) + rounding_margin(max(c_in_g, c_out // groups), kernel.dtype)
 
 
 def _enclosing_torus(shape, kernel_hw, strides, dilation_rate, pads):
