@@ -47,7 +47,12 @@ METHODS = ("auto", "gram")
 DENSE_LIMIT = 2**21  # entries of the dense zero-padded operator up to which method="gram" uses it
 
 
-def dense_spectral_norm(kernel, *, method="auto", gram_iterations=8) -> tf.Tensor:
+def _certifying_gram_steps(rank: int) -> int:
+    """The smallest ``t >= 8`` whose worst-case overestimate ``rank^(1 / 2^(t+1))`` is at most 1.001."""
+    return max(8, int(np.ceil(np.log2(np.log(max(rank, 2)) / np.log(1.001)))) - 1)
+
+
+def dense_spectral_norm(kernel, *, method="auto", gram_iterations=None) -> tf.Tensor:
     """Largest singular value of a Dense kernel ``(in, out)``.
 
     With ``method="auto"``: the square root of the largest eigenvalue of the
@@ -55,7 +60,8 @@ def dense_spectral_norm(kernel, *, method="auto", gram_iterations=8) -> tf.Tenso
     ``method="gram"``: the Gram-iteration upper bound
     (:func:`tfnorms.norms.gram.log_gram_bound`, matrix products only), within
     a factor ``rank^(1 / 2^(t+1))`` of the norm after ``t = gram_iterations``
-    steps and usually far closer.
+    steps and usually far closer; ``None`` (default) takes the smallest
+    ``t >= 8`` for which that factor is at most 1.001.
 
     Raises:
         ValueError: for a kernel with NaN or Inf entries (eagerly; inside a
@@ -67,9 +73,11 @@ def dense_spectral_norm(kernel, *, method="auto", gram_iterations=8) -> tf.Tenso
         4.0
     """
     method = _args.choice(method, "method", METHODS)
-    gram_iterations = _args.positive_int(gram_iterations, "gram_iterations")
+    gram_iterations = _args.positive_int(gram_iterations, "gram_iterations", allow_none=True)
     kernel = _inputs.check_finite(_check_kernel(kernel, 2), "kernel")
     if method == "gram":
+        if gram_iterations is None:
+            gram_iterations = _certifying_gram_steps(min(kernel.shape))
         return tf.exp(log_gram_bound(kernel, iterations=gram_iterations))
     return tf.sqrt(_largest_gram_eigenvalue(kernel))
 
@@ -313,7 +321,7 @@ def conv2d_spectral_norm(
             matrices = _zero_padded_matrices(kernel, shape, **conv)
             if gram_iterations is None:
                 rank = min(matrices.shape[1:])
-                gram_iterations = max(8, int(np.ceil(np.log2(np.log(max(rank, 2)) / np.log(1.001)))) - 1)
+                gram_iterations = _certifying_gram_steps(rank)
             return tf.exp(tf.reduce_max(log_gram_bound(matrices, iterations=gram_iterations)))
         if pads[0] != "circular":
             shape = _enclosing_torus(shape, kernel.shape[:2], strides, dilation_rate, pads)
