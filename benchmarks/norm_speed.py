@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 import torch
 
-from tfnorms import norms
+from tfnorms import _keras, norms
 from tfnorms.models import wide_resnet
 
 FLAGS = flags.FLAGS
@@ -256,11 +256,11 @@ def gram_rows(shapes, power_iterations, steps, keep):
     return rows
 
 
-def gram_model_rows(depth, width, steps):
+def gram_model_rows(depth, width, steps, image_size=32):
     """Every conv / dense layer of a WRN: Gram bound vs block power iteration (default stopping rule)."""
-    model = wide_resnet(depth=depth, width=width)
+    model = wide_resnet(depth=depth, width=width, input_shape=(image_size, image_size, 3))
     pairs = []
-    for layer in model._flatten_layers(include_self=False):
+    for layer in _keras.flatten_layers(model):
         if isinstance(layer, keras.layers.Conv2D):
             geom = norms.conv_geometry(layer)
             pairs.append((lambda g=geom: norms.conv2d_spectral_norm(**g, method="gram", gram_iterations=steps),
@@ -322,8 +322,8 @@ def main(argv):
     del argv
     tf.get_logger().setLevel("ERROR")  # one tf.function per shape and method: retracing is expected
     rng = np.random.default_rng(0)
-    shapes = PAPER_SHAPES[:2] if FLAGS.quick else PAPER_SHAPES
-    repeats = 5 if FLAGS.quick else FLAGS.repeats
+    shapes = PAPER_SHAPES[:1] if FLAGS.quick else PAPER_SHAPES
+    repeats = 3 if FLAGS.quick else FLAGS.repeats
     iterations = 20 if FLAGS.quick else FLAGS.power_iterations
     depth, width = (16, 2) if FLAGS.quick else (34, 10)
     result = dict(benchmark="norm_speed", machine=machine_facts(tensorflow=tf.__version__, torch=torch.__version__),
@@ -344,7 +344,7 @@ def main(argv):
                                    FLAGS.gram_frequencies)
     if "gram_model" in FLAGS.parts:
         model_depth, model_width = (10, 1) if FLAGS.quick else map(int, FLAGS.gram_model.split("x"))
-        result["gram_model"] = gram_model_rows(model_depth, model_width, FLAGS.gram_steps)
+        result["gram_model"] = gram_model_rows(model_depth, model_width, FLAGS.gram_steps, 16 if FLAGS.quick else 32)
     if "block" in FLAGS.parts:
         print("Zero-padding spectral norm, default stopping rule (tol 1e-7, max_iter 1000):")
         result["spectral_block"] = spectral_block_rows(FLAGS.quick)
