@@ -12,7 +12,7 @@ import tensorflow as tf
 from scipy.optimize import linprog
 
 from tfnorms import attacks, data, metrics
-from tfnorms.attacks import losses
+from tfnorms.attacks import apgd, losses
 from tfnorms.attacks.fab import project_linf_box
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -331,6 +331,35 @@ def test_cascade_traces_each_compiled_function_once(trained, digits):
     fab = auto._attack_list()[2][1]
     fab.run(trained, x[:3], y[:3], seed=1)
     assert fab.tracing_count() == 1
+
+
+def test_apgd_ce_and_apgd_t_share_one_trace_and_keep_their_results(trained, digits):
+    """The cascade's APGD-CE and APGD-T run one compiled loop (loss picked by a tensor) with the results of each alone."""
+    _, _, x, y = digits
+    x, y = x[:12], y[:12]
+    auto = attacks.AutoAttack(EPS, seed=0, n_iter=3, verbose=0)
+    (_, apgd_ce), (_, apgd_t) = auto._attack_list()[:2]
+    shared = [attack.run(trained, x, y, seed=5) for attack in (apgd_ce, apgd_t)]
+    assert apgd_ce.tracing_count() == apgd_t.tracing_count() == 1 and apgd_ce._compiled is apgd_t._compiled
+    alone = [attack.run(trained, x, y, seed=5) for attack in (attacks.APGD(EPS, "ce", n_iter=3),
+                                                              attacks.APGD(EPS, "dlr", targeted=True, n_iter=3))]
+    assert not np.all(shared[1].success) and np.any(shared[1].success)  # APGD-T both fails and succeeds here
+    for got, want in zip(shared, alone):
+        for got_field, want_field in zip(got, want):
+            np.testing.assert_array_equal(got_field, want_field)
+
+
+def test_shared_apgd_run_on_a_model_too_small_for_the_targeted_loss():
+    """A shared run of APGD-CE with APGD-T traces on 3 classes (the targeted DLR needs 4): CE as if alone."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    x, y = np.random.default_rng(0).random((5, 4, 4, 1)).astype("float32"), np.arange(5) % 3
+    apgd_ce, apgd_t = attacks.APGD(0.1, "ce", n_iter=3), attacks.APGD(0.1, "dlr", targeted=True, n_iter=3)
+    apgd.share_compiled_runs([apgd_ce, apgd_t])
+    for got, want in zip(apgd_ce.run(model, x, y, seed=1), attacks.APGD(0.1, n_iter=3).run(model, x, y, seed=1)):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="at least 4 classes"):
+        apgd_t.run(model, x, y)
 
 
 def test_rand_version_runs_apgd_with_eot(trained, digits):

@@ -84,6 +84,12 @@ class AnyBatchFunction:
     tensor arguments have an unknown leading dimension (keyword arguments, e.g.
     a ``[2]`` seed, keep their shapes), and the call itself then reuses it.
 
+    Traced without AutoGraph: the attacks loop with explicit ``tf.while_loop``
+    and branch only on Python values, and Keras 3 does not convert a model's
+    ``call`` in ``fit`` either; converting every function the trace reaches
+    (the whole model, twice per attack) cost about 40% of the tracing time
+    (docs/benchmarks.md#autoattack-speed).
+
     Example:
         >>> import keras
         >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
@@ -95,7 +101,7 @@ class AnyBatchFunction:
     """
 
     def __init__(self, python_function):
-        self.function = tf.function(python_function, reduce_retracing=True)
+        self.function = tf.function(python_function, reduce_retracing=True, autograph=False)
 
     def __call__(self, model, *batched, **unbatched):
         batched = [tf.convert_to_tensor(value) for value in batched]
