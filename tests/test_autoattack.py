@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 from scipy.optimize import linprog
 
-from tfnorms import attacks, data, metrics
-from tfnorms.attacks import apgd, losses
+from tfnorms import _keras, attacks, data, metrics
+from tfnorms.attacks import _common, apgd, losses
 from tfnorms.attacks.fab import project_linf_box
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -360,6 +360,52 @@ def test_shared_apgd_run_on_a_model_too_small_for_the_targeted_loss():
         np.testing.assert_array_equal(got, want)
     with pytest.raises(ValueError, match="at least 4 classes"):
         apgd_t.run(model, x, y)
+
+
+@pytest.mark.parametrize("kernel, strides, padding, dilations", [
+    ((3, 3), 1, "SAME", 1), ((1, 1), 1, "SAME", 1), ((5, 3), 1, "SAME", 1),  # rewritten
+    ((3, 3), 2, "SAME", 1), ((3, 3), 1, "VALID", 1), ((2, 2), 1, "SAME", 1),  # TensorFlow's
+    ((3, 3), 1, [[0, 0], [1, 1], [1, 1], [0, 0]], 1),  # explicit padding: TensorFlow's (CPUs have no dilated gradients)
+])
+def test_conv_input_gradients_as_convolutions_equal_tensorflows(kernel, strides, padding, dilations):
+    """Input and kernel gradients equal TensorFlow's own; only stride-1 "SAME" odd kernels skip Conv2DBackpropInput."""
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(2, 7, 6, 3)), tf.float32)
+    k = tf.constant(rng.normal(size=(*kernel, 3, 4)), tf.float32)
+
+    def gradients(x, k):
+        with tf.GradientTape() as tape:
+            tape.watch([x, k])
+            y = tf.reduce_sum(tf.sin(tf.nn.conv2d(x, k, strides, padding, dilations=dilations)))
+        return tape.gradient(y, [x, k])
+
+    with _keras.conv_input_gradients_as_convolutions():
+        concrete = tf.function(gradients, autograph=False).get_concrete_function(x, k)
+    for got, want in zip(concrete(x, k), gradients(x, k)):  # eagerly: TensorFlow's own gradient
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    rewritten = strides == 1 and padding == "SAME" and dilations == 1 and all(n % 2 for n in kernel)
+    ops = {op.type for op in concrete.graph.get_operations()}
+    assert ("Conv2DBackpropInput" not in ops) == rewritten
+    assert "Conv2DBackpropFilter" in ops
+
+
+def test_attack_runs_trace_conv_input_gradients_as_convolutions(trained, digits):
+    """The attacks' compiled functions (AnyBatchFunction) build the rewritten gradient; outside them TensorFlow's."""
+    _, _, x, y = digits
+
+    def input_gradient(model, x, y):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(losses.cross_entropy(model(x), y))
+        return tape.gradient(loss, x)
+
+    function = _common.AnyBatchFunction(input_gradient)
+    got = function(trained, tf.constant(x[:4]), tf.constant(y[:4]))
+    np.testing.assert_allclose(got, input_gradient(trained, tf.constant(x[:4]), tf.constant(y[:4])), rtol=1e-4, atol=1e-6)
+    graph = function.function.get_concrete_function(trained, tf.TensorSpec([None, 8, 8, 1]), tf.TensorSpec([None], tf.int64)).graph
+    assert "Conv2DBackpropInput" not in {op.type for op in graph.get_operations()}
+    assert "Conv2DBackpropInput" in {op.type for op in tf.function(input_gradient).get_concrete_function(
+        trained, tf.TensorSpec([None, 8, 8, 1]), tf.TensorSpec([None], tf.int64)).graph.get_operations()}
 
 
 def test_rand_version_runs_apgd_with_eot(trained, digits):

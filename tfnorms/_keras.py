@@ -30,6 +30,11 @@ Private Keras attributes (no public equivalent in Keras 3); each is pinned by
   ``MultiWorkerMirroredStrategy.extended._in_multi_worker_mode``: the
   multi-worker workaround of :class:`MultiWorkerFit`.
 
+One private TensorFlow attribute, pinned by ``tests/test_autoattack.py``:
+``tensorflow.python.framework.ops._gradient_registry`` (the gradient function of
+each op type), swapped while the attacks trace by
+:func:`conv_input_gradients_as_convolutions`.
+
 ``tfnorms.resume.AtomicBackupAndRestore`` overrides ``BackupAndRestore``'s own
 hooks (``_save_model``, ``_load_model``); its tests pin them.
 
@@ -44,10 +49,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import keras
 import tensorflow as tf
+from tensorflow.python.framework import ops as tf_ops
 
 from tfnorms import _args
 
@@ -446,6 +453,67 @@ class LayerGeometry:
         if kernel.shape.rank == 4 and not self.bound:
             warn_unbound(self, weight)
         return operator_kernel(kernel, self.geometry, self.depthwise)
+
+
+# ---------------------------------------------------------------- the input gradient of a convolution
+
+
+def _conv2d_gradient(original):
+    """``Conv2D``'s gradient with the input gradient of stride-1 "SAME" convolutions as a convolution.
+
+    For ``y = conv(x, k)`` with stride 1, dilation 1 and "SAME" padding of an
+    odd ``kh x kw`` kernel (``(kh - 1) / 2`` rows of zeros on both sides),
+    ``dx[u, v, c] = sum_{a, b, o} dy[u + a - p, v + b - p, o] k[kh - 1 - a, kw - 1 - b, c, o]``:
+    the "SAME" convolution of ``dy`` with the kernel rotated by 180 degrees and
+    its channel axes swapped. The same linear map as ``Conv2DBackpropInput``
+    (summed in another order), whose CPU kernels are 2-10x slower than a forward
+    convolution on the small maps of attacks on small images
+    (docs/benchmarks.md#autoattack-speed). Every other convolution, and the
+    kernel's gradient, are TensorFlow's own.
+    """
+
+    def gradient(op, grad):
+        x, kernel = op.inputs
+        kh, kw = kernel.shape[0], kernel.shape[1]
+        if (list(op.get_attr("strides")) != [1, 1, 1, 1] or list(op.get_attr("dilations")) != [1, 1, 1, 1]
+                or op.get_attr("padding") != b"SAME" or op.get_attr("data_format") != b"NHWC"
+                or kh is None or kw is None or kh % 2 == 0 or kw % 2 == 0):
+            return original(op, grad)
+        rotated = tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2])
+        kernel_gradient = tf.raw_ops.Conv2DBackpropFilter(
+            input=x, filter_sizes=tf.shape(kernel), out_backprop=grad, strides=[1, 1, 1, 1], padding="SAME")
+        return [tf.nn.conv2d(grad, rotated, 1, "SAME"), kernel_gradient]
+
+    return gradient
+
+
+@contextlib.contextmanager
+def conv_input_gradients_as_convolutions():
+    """While active, gradients built for ``Conv2D`` ops compute stride-1 "SAME" input gradients as convolutions.
+
+    Used around the tracing of the attacks' compiled runs (the backward graph
+    is built at trace time); the graph keeps the faster gradient after the
+    context exits, nothing else is affected.
+
+    Example:
+        >>> x, k = tf.random.normal([1, 5, 5, 2]), tf.random.normal([3, 3, 2, 4])
+        >>> def input_gradient(x):
+        ...     with tf.GradientTape() as tape:
+        ...         tape.watch(x)
+        ...         y = tf.reduce_sum(tf.nn.conv2d(x, k, 1, "SAME") ** 2)
+        ...     return tape.gradient(y, x)
+        >>> with conv_input_gradients_as_convolutions():
+        ...     fast = tf.function(input_gradient)(x)
+        >>> bool(tf.reduce_max(tf.abs(fast - input_gradient(x))) < 1e-4)
+        True
+    """
+    entry = tf_ops._gradient_registry._registry["Conv2D"]
+    original = entry["type"]
+    entry["type"] = _conv2d_gradient(original)
+    try:
+        yield
+    finally:
+        entry["type"] = original
 
 
 # ---------------------------------------------------------------- fit under MultiWorkerMirroredStrategy
