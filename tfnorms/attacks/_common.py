@@ -88,7 +88,7 @@ class AnyBatchFunction:
     and branch only on Python values, and Keras 3 does not convert a model's
     ``call`` in ``fit`` either; converting every function the trace reaches
     (the whole model, twice per attack) cost about 40% of the tracing time
-    (docs/benchmarks.md#autoattack-speed). The input gradients of stride-1
+    (docs/benchmarks.md#autoattack-speed). The input gradients of
     convolutions are traced as forward convolutions
     (:func:`tfnorms._keras.conv_input_gradients_as_convolutions`): the same
     linear map, several times faster on CPU for small images.
