@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 from scipy.optimize import linprog
 
-from tfnorms import attacks, data, metrics
-from tfnorms.attacks import losses
+from tfnorms import _keras, attacks, data, metrics
+from tfnorms.attacks import _common, apgd, losses
 from tfnorms.attacks.fab import project_linf_box
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -331,6 +331,83 @@ def test_cascade_traces_each_compiled_function_once(trained, digits):
     fab = auto._attack_list()[2][1]
     fab.run(trained, x[:3], y[:3], seed=1)
     assert fab.tracing_count() == 1
+
+
+def test_apgd_ce_and_apgd_t_share_one_trace_and_keep_their_results(trained, digits):
+    """The cascade's APGD-CE and APGD-T run one compiled loop (loss picked by a tensor) with the results of each alone."""
+    _, _, x, y = digits
+    x, y = x[:12], y[:12]
+    auto = attacks.AutoAttack(EPS, seed=0, n_iter=3, verbose=0)
+    (_, apgd_ce), (_, apgd_t) = auto._attack_list()[:2]
+    shared = [attack.run(trained, x, y, seed=5) for attack in (apgd_ce, apgd_t)]
+    assert apgd_ce.tracing_count() == apgd_t.tracing_count() == 1 and apgd_ce._compiled is apgd_t._compiled
+    alone = [attack.run(trained, x, y, seed=5) for attack in (attacks.APGD(EPS, "ce", n_iter=3),
+                                                              attacks.APGD(EPS, "dlr", targeted=True, n_iter=3))]
+    assert not np.all(shared[1].success) and np.any(shared[1].success)  # APGD-T both fails and succeeds here
+    for got, want in zip(shared, alone):
+        for got_field, want_field in zip(got, want):
+            np.testing.assert_array_equal(got_field, want_field)
+
+
+def test_shared_apgd_run_on_a_model_too_small_for_the_targeted_loss():
+    """A shared run of APGD-CE with APGD-T traces on 3 classes (the targeted DLR needs 4): CE as if alone."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    x, y = np.random.default_rng(0).random((5, 4, 4, 1)).astype("float32"), np.arange(5) % 3
+    apgd_ce, apgd_t = attacks.APGD(0.1, "ce", n_iter=3), attacks.APGD(0.1, "dlr", targeted=True, n_iter=3)
+    apgd.share_compiled_runs([apgd_ce, apgd_t])
+    for got, want in zip(apgd_ce.run(model, x, y, seed=1), attacks.APGD(0.1, n_iter=3).run(model, x, y, seed=1)):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="at least 4 classes"):
+        apgd_t.run(model, x, y)
+
+
+@pytest.mark.parametrize("kernel, strides, padding", [
+    ((3, 3), 1, "SAME"), ((1, 1), 1, "SAME"), ((5, 3), 1, "SAME"), ((2, 2), 1, "SAME"), ((3, 3), 1, "VALID"),
+    ((3, 3), 2, "SAME"), ((3, 3), 2, "VALID"), ((1, 1), 2, "VALID"), ((2, 4), (2, 3), "SAME"), ((4, 3), 3, "VALID"),
+    ((3, 3), 1, [[0, 0], [1, 1], [1, 1], [0, 0]]),  # explicit padding: TensorFlow's gradient
+])
+def test_conv_input_gradients_as_convolutions_equal_tensorflows(kernel, strides, padding):
+    """Input and kernel gradients equal TensorFlow's own (odd and even sizes, every stride remainder).
+
+    Only explicitly padded convolutions keep Conv2DBackpropInput (CPUs have no dilated gradients to compare).
+    """
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(2, 7, 6, 3)), tf.float32)
+    k = tf.constant(rng.normal(size=(*kernel, 3, 4)), tf.float32)
+
+    def gradients(x, k):
+        with tf.GradientTape() as tape:
+            tape.watch([x, k])
+            y = tf.reduce_sum(tf.sin(tf.nn.conv2d(x, k, strides, padding)))
+        return tape.gradient(y, [x, k])
+
+    with _keras.conv_input_gradients_as_convolutions():
+        concrete = tf.function(gradients, autograph=False).get_concrete_function(x, k)
+    for got, want in zip(concrete(x, k), gradients(x, k)):  # eagerly: TensorFlow's own gradient
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    ops = {op.type for op in concrete.graph.get_operations()}
+    assert ("Conv2DBackpropInput" not in ops) == isinstance(padding, str)
+    assert "Conv2DBackpropFilter" in ops
+
+
+def test_attack_runs_trace_conv_input_gradients_as_convolutions(trained, digits):
+    """The attacks' compiled functions (AnyBatchFunction) build the rewritten gradient; outside them TensorFlow's."""
+    _, _, x, y = digits
+
+    def input_gradient(model, x, y):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(losses.cross_entropy(model(x), y))
+        return tape.gradient(loss, x)
+
+    function = _common.AnyBatchFunction(input_gradient)
+    got = function(trained, tf.constant(x[:4]), tf.constant(y[:4]))
+    np.testing.assert_allclose(got, input_gradient(trained, tf.constant(x[:4]), tf.constant(y[:4])), rtol=1e-4, atol=1e-6)
+    graph = function.function.get_concrete_function(trained, tf.TensorSpec([None, 8, 8, 1]), tf.TensorSpec([None], tf.int64)).graph
+    assert "Conv2DBackpropInput" not in {op.type for op in graph.get_operations()}
+    assert "Conv2DBackpropInput" in {op.type for op in tf.function(input_gradient).get_concrete_function(
+        trained, tf.TensorSpec([None, 8, 8, 1]), tf.TensorSpec([None], tf.int64)).graph.get_operations()}
 
 
 def test_rand_version_runs_apgd_with_eot(trained, digits):

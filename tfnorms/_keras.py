@@ -30,6 +30,11 @@ Private Keras attributes (no public equivalent in Keras 3); each is pinned by
   ``MultiWorkerMirroredStrategy.extended._in_multi_worker_mode``: the
   multi-worker workaround of :class:`MultiWorkerFit`.
 
+One private TensorFlow attribute, pinned by ``tests/test_autoattack.py``:
+``tensorflow.python.framework.ops._gradient_registry`` (the gradient function of
+each op type), swapped while the attacks trace by
+:func:`conv_input_gradients_as_convolutions`.
+
 ``tfnorms.resume.AtomicBackupAndRestore`` overrides ``BackupAndRestore``'s own
 hooks (``_save_model``, ``_load_model``); its tests pin them.
 
@@ -44,10 +49,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import keras
 import tensorflow as tf
+from tensorflow.python.framework import ops as tf_ops
 
 from tfnorms import _args
 
@@ -446,6 +453,103 @@ class LayerGeometry:
         if kernel.shape.rank == 4 and not self.bound:
             warn_unbound(self, weight)
         return operator_kernel(kernel, self.geometry, self.depthwise)
+
+
+# ---------------------------------------------------------------- the input gradient of a convolution
+
+
+def _zero_inserted(t, strides):
+    """``[n, h, w, c]`` -> ``[n, (h - 1) sh + 1, (w - 1) sw + 1, c]`` with ``t`` at the multiples of the strides."""
+    (sh, sw), (h, w) = strides, t.shape[1:3]
+    if sh == sw == 1:
+        return t
+    t = tf.pad(t[:, :, None, :, None, :], [[0, 0], [0, 0], [0, sh - 1], [0, 0], [0, sw - 1], [0, 0]])
+    t = tf.reshape(t, [tf.shape(t)[0], h * sh, w * sw, t.shape[-1]])
+    return t[:, :(h - 1) * sh + 1, :(w - 1) * sw + 1]
+
+
+def _conv2d_input_gradient(grad, x, kernel, strides, padding):
+    """``dx`` of ``y = conv2d(x, kernel, strides, padding)`` (NHWC, no dilation) as a forward convolution, or None.
+
+    With ``x`` padded by ``(b, a)`` to ``xp`` (``b = a = 0`` for "VALID";
+    TensorFlow's split of the "SAME" total), ``y[i] = sum_t xp[s i + t] k[t]``, so
+    ``dxp[u] = sum_t dy~[u - t] k[t]`` where ``dy~`` is ``dy`` with ``s - 1``
+    zeros inserted between its entries: the "VALID" convolution of ``dy~``
+    padded by ``K - 1`` (and the ``r`` trailing positions no output reads) with
+    the kernel rotated by 180 degrees and its channel axes swapped; ``dx`` is
+    ``dxp`` without the padding. For stride 1, "SAME" and odd kernels this is
+    the "SAME" convolution of ``dy`` itself. None where a static size is unknown.
+    """
+    (kh, kw), (h, w), (oh, ow) = kernel.shape[:2], x.shape[1:3], grad.shape[1:3]
+    if None in (kh, kw, h, w, oh, ow):
+        return None
+    rotated = tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2])
+    if strides == (1, 1) and padding == "SAME" and kh % 2 and kw % 2:
+        return tf.nn.conv2d(grad, rotated, 1, "SAME")
+    pads = []
+    for size, out, k, s in ((h, oh, kh, strides[0]), (w, ow, kw, strides[1])):
+        total = max((out - 1) * s + k - size, 0) if padding == "SAME" else 0
+        rest = size + total - ((out - 1) * s + k)  # trailing positions of xp that no output reads
+        pads.append((total // 2, [k - 1, k - 1 + rest]))  # TensorFlow pads total // 2 before
+    spread = tf.pad(_zero_inserted(grad, strides), [[0, 0], pads[0][1], pads[1][1], [0, 0]])
+    dxp = tf.nn.conv2d(spread, rotated, 1, "VALID")
+    (top, _), (left, _) = pads
+    return dxp[:, top:top + h, left:left + w]
+
+
+def _conv2d_gradient(original):
+    """``Conv2D``'s gradient with the input gradient as a forward convolution (:func:`_conv2d_input_gradient`).
+
+    The same linear map as ``Conv2DBackpropInput`` (summed in another order),
+    whose CPU kernels are 2-10x slower than a forward convolution on the small
+    maps of attacks on small images (docs/benchmarks.md#autoattack-speed).
+    Dilated, explicitly padded and channels-first convolutions, and the
+    kernel's gradient, are TensorFlow's own.
+    """
+
+    def gradient(op, grad):
+        x, kernel = op.inputs
+        strides, padding = op.get_attr("strides"), op.get_attr("padding").decode()
+        if (list(op.get_attr("dilations")) != [1, 1, 1, 1] or padding not in ("SAME", "VALID")
+                or op.get_attr("data_format") != b"NHWC"):
+            return original(op, grad)
+        input_gradient = _conv2d_input_gradient(grad, x, kernel, tuple(strides[1:3]), padding)
+        if input_gradient is None:
+            return original(op, grad)
+        kernel_gradient = tf.raw_ops.Conv2DBackpropFilter(
+            input=x, filter_sizes=tf.shape(kernel), out_backprop=grad, strides=strides, padding=padding)
+        return [input_gradient, kernel_gradient]
+
+    return gradient
+
+
+@contextlib.contextmanager
+def conv_input_gradients_as_convolutions():
+    """While active, gradients built for ``Conv2D`` ops compute input gradients as forward convolutions.
+
+    Used around the tracing of the attacks' compiled runs (the backward graph
+    is built at trace time); the graph keeps the faster gradient after the
+    context exits, nothing else is affected.
+
+    Example:
+        >>> x, k = tf.random.normal([1, 5, 5, 2]), tf.random.normal([3, 3, 2, 4])
+        >>> def input_gradient(x):
+        ...     with tf.GradientTape() as tape:
+        ...         tape.watch(x)
+        ...         y = tf.reduce_sum(tf.nn.conv2d(x, k, 1, "SAME") ** 2)
+        ...     return tape.gradient(y, x)
+        >>> with conv_input_gradients_as_convolutions():
+        ...     fast = tf.function(input_gradient)(x)
+        >>> bool(tf.reduce_max(tf.abs(fast - input_gradient(x))) < 1e-4)
+        True
+    """
+    entry = tf_ops._gradient_registry._registry["Conv2D"]
+    original = entry["type"]
+    entry["type"] = _conv2d_gradient(original)
+    try:
+        yield
+    finally:
+        entry["type"] = original
 
 
 # ---------------------------------------------------------------- fit under MultiWorkerMirroredStrategy

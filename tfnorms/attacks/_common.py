@@ -17,7 +17,7 @@ import secrets
 
 import tensorflow as tf
 
-from tfnorms import _inputs
+from tfnorms import _inputs, _keras
 from tfnorms.attacks import loop
 
 
@@ -84,6 +84,15 @@ class AnyBatchFunction:
     tensor arguments have an unknown leading dimension (keyword arguments, e.g.
     a ``[2]`` seed, keep their shapes), and the call itself then reuses it.
 
+    Traced without AutoGraph: the attacks loop with explicit ``tf.while_loop``
+    and branch only on Python values, and Keras 3 does not convert a model's
+    ``call`` in ``fit`` either; converting every function the trace reaches
+    (the whole model, twice per attack) cost about 40% of the tracing time
+    (docs/benchmarks.md#autoattack-speed). The input gradients of
+    convolutions are traced as forward convolutions
+    (:func:`tfnorms._keras.conv_input_gradients_as_convolutions`): the same
+    linear map, several times faster on CPU for small images.
+
     Example:
         >>> import keras
         >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
@@ -95,7 +104,11 @@ class AnyBatchFunction:
     """
 
     def __init__(self, python_function):
-        self.function = tf.function(python_function, reduce_retracing=True)
+        def traced(*args, **kwargs):
+            with _keras.conv_input_gradients_as_convolutions():
+                return python_function(*args, **kwargs)
+
+        self.function = tf.function(traced, reduce_retracing=True, autograph=False)
 
     def __call__(self, model, *batched, **unbatched):
         batched = [tf.convert_to_tensor(value) for value in batched]

@@ -34,6 +34,52 @@ from tfnorms.attacks import steps as steps_lib
 _LOSSES = ("ce", "dlr")
 
 
+def _unmet(loss, targeted, num_classes):
+    """Why ``loss`` (targeted or not) cannot run on ``num_classes`` classes, or ``None``."""
+    minimum = 4 if targeted else 3
+    if loss == "dlr" and num_classes < minimum:
+        return f"the {'targeted ' if targeted else ''}DLR loss needs at least {minimum} classes"
+    return None
+
+
+def _loss_value(kind, logits, labels, targets):
+    """The per-example loss of ``kind = (loss, targeted)``: CE, DLR, targeted DLR or ``-CE(z, t)``."""
+    loss, targeted = kind
+    if not targeted:
+        return losses_lib.get(loss)(logits, labels)
+    if loss == "dlr":
+        return losses_lib.targeted_dlr(logits, labels, targets)
+    return -losses_lib.cross_entropy(logits, targets)
+
+
+def share_compiled_runs(attacks) -> None:
+    """Gives the :class:`APGD` attacks of ``attacks`` that differ only in their loss one compiled run.
+
+    AutoAttack's APGD-CE and APGD-T (or the rand version's APGD-CE and
+    APGD-DLR) have the same loop; their shared run computes each loss of the
+    group (a few operations on the logits) and picks one with a tensor
+    argument, so the model's forward and gradient passes are traced and
+    optimised once instead of once per attack. The picked loss, its gradient
+    and so the attack's result are exactly those of the attack alone (the
+    other losses receive a zero gradient).
+
+    Example:
+        >>> ce, t = APGD(0.1, "ce", n_iter=5), APGD(0.1, "dlr", targeted=True, n_iter=5)
+        >>> share_compiled_runs([ce, t])
+        >>> ce._compiled is t._compiled, t._run_losses
+        (True, (('ce', False), ('dlr', True)))
+    """
+    groups = {}
+    for attack in attacks:
+        if isinstance(attack, APGD):
+            groups.setdefault((attack.eps, attack.n_iter, attack.ord, attack.rho, attack.eot_iter), []).append(attack)
+    for group in groups.values():
+        kinds = tuple(dict.fromkeys(attack._kind for attack in group))
+        compiled = _common.AnyBatchFunction(group[0]._single_run)
+        for attack in group:
+            attack._run_losses, attack._compiled = kinds, compiled
+
+
 def checkpoint_schedule(n_iter: int) -> List[int]:
     """Iteration counts after which APGD checks its step size (docs/theory.md#apgd).
 
@@ -162,6 +208,8 @@ class APGD(base.RestartAttack):
         self.n_target_classes = _args.positive_int(n_target_classes, "n_target_classes")
         self.rho = _args.number(rho, "rho", low=0.0, high=1.0, low_open=False)
         self.eot_iter = _args.positive_int(eot_iter, "eot_iter")
+        self._kind = (self.loss, self.targeted)
+        self._run_losses = (self._kind,)  # the losses its compiled run computes (see share_compiled_runs)
 
     @property
     def name(self) -> str:
@@ -172,23 +220,23 @@ class APGD(base.RestartAttack):
 
     def unmet_requirement(self, num_classes: int) -> Optional[str]:
         """The DLR losses need 3 classes (untargeted) or 4 (targeted, APGD-T); cross-entropy runs on any model."""
-        if self.loss == "dlr" and num_classes < (4 if self.targeted else 3):
-            return f"the {'targeted ' if self.targeted else ''}DLR loss needs at least {4 if self.targeted else 3} classes"
-        return None
+        return _unmet(self.loss, self.targeted, num_classes)
 
-    def _loss(self, logits, labels, targets):
-        if not self.targeted:
-            return losses_lib.get(self.loss)(logits, labels)
-        if self.loss == "dlr":
-            return losses_lib.targeted_dlr(logits, labels, targets)
-        return -losses_lib.cross_entropy(logits, targets)
+    def _loss(self, logits, labels, targets, loss_index):
+        """The loss ``self._run_losses[loss_index]``; losses the model has too few classes for are never picked."""
+        if len(self._run_losses) == 1:
+            return _loss_value(self._run_losses[0], logits, labels, targets)
+        num_classes = logits.shape[-1]
+        values = [tf.zeros_like(labels, tf.float32) if _unmet(*kind, num_classes) else
+                  _loss_value(kind, logits, labels, targets) for kind in self._run_losses]
+        return tf.gather(tf.stack(values), loss_index)
 
-    def _loss_and_gradient(self, model, x_adv, labels, targets):
+    def _loss_and_gradient(self, model, x_adv, labels, targets, loss_index):
         def once():
             with tf.GradientTape() as tape:
                 tape.watch(x_adv)
                 logits = _common.logits(model, x_adv)
-                loss = self._loss(logits, labels, targets)
+                loss = self._loss(logits, labels, targets, loss_index)
                 # Summed over the batch: each example's gradient is that of its own loss (docs/theory.md#pgd-attacks).
                 total = tf.reduce_sum(loss)
             return logits, loss, tf.stop_gradient(tape.gradient(total, x_adv, unconnected_gradients=tf.UnconnectedGradients.ZERO))
@@ -205,11 +253,14 @@ class APGD(base.RestartAttack):
             gradient = gradient / float(self.eot_iter)
         return logits, loss, gradient
 
-    def _single_run(self, model, x, labels, targets, *, seed):
-        """One APGD run on every point of the batch; returns (x_best, success, loss_best, x_best_adv)."""
+    def _single_run(self, model, x, labels, targets, *, seed, loss_index):
+        """One APGD run on every point of the batch; returns (x_best, success, loss_best, x_best_adv).
+
+        ``loss_index`` (a scalar int32 tensor) picks the loss from ``self._run_losses``.
+        """
         schedule = _schedule_tensors(self.n_iter)
         x_adv = self._random_start(x, seed)
-        logits, loss, gradient = self._loss_and_gradient(model, x_adv, labels, targets)
+        logits, loss, gradient = self._loss_and_gradient(model, x_adv, labels, targets, loss_index)
         batch = tf.shape(x)[0]
         state = dict(
             i=tf.constant(0),
@@ -229,7 +280,7 @@ class APGD(base.RestartAttack):
 
         def body(s):
             x_new = self._momentum_step(s, x)
-            logits, loss, gradient = self._loss_and_gradient(model, x_new, labels, targets)
+            logits, loss, gradient = self._loss_and_gradient(model, x_new, labels, targets, loss_index)
             new = self._record(s, x, x_new, loss, loop.misclassified(logits, labels), gradient)
             return [_common.keep_shapes(self._checkpoint(new, s, x, schedule), s)]
 
@@ -310,7 +361,9 @@ class APGD(base.RestartAttack):
         return tf.logical_not(state["success"])
 
     def _updates(self, model, rows, run):
-        x_best, succeeded, loss_best, x_best_adv = self._compiled(model, run.x, run.labels, run.targets, seed=run.seed)
+        x_best, succeeded, loss_best, x_best_adv = self._compiled(
+            model, run.x, run.labels, run.targets, seed=run.seed,
+            loss_index=tf.constant(self._run_losses.index(self._kind), tf.int32))
         active = tf.logical_not(rows["success"])
         succeeded = tf.logical_and(succeeded, active)
         better = tf.logical_and(active, tf.logical_or(succeeded, loss_best > rows["loss"]))

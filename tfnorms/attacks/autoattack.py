@@ -35,7 +35,7 @@ import tensorflow as tf
 from tfnorms import _inputs
 from tfnorms import _args
 from tfnorms.attacks import _common, base, losses, projections
-from tfnorms.attacks.apgd import APGD
+from tfnorms.attacks.apgd import APGD, share_compiled_runs
 from tfnorms.attacks.fab import FAB
 from tfnorms.attacks.square import Square
 
@@ -288,6 +288,8 @@ class AutoAttack(base.Attack):
             name = item if isinstance(item, str) else self._name_of(attack)
             seen[name] = seen.get(name, 0) + 1
             named.append((name if seen[name] == 1 else f"{name}_{seen[name]}", attack))
+        # The APGD attacks built here (not the caller's objects) share one compiled run: one trace, not one each.
+        share_compiled_runs([attack for item, (_, attack) in zip(items, named) if isinstance(item, str)])
         return named
 
     @staticmethod
@@ -304,7 +306,10 @@ class AutoAttack(base.Attack):
         """How often each compiled function of the cascade has been traced so far (a profiling aid).
 
         Each is traced once per model and input shape, for any number of
-        points (:class:`~tfnorms.attacks._common.AnyBatchFunction`); attacks
+        points (:class:`~tfnorms.attacks._common.AnyBatchFunction`); the APGD
+        attacks of the standard and rand versions share one compiled run
+        (:func:`~tfnorms.attacks.apgd.share_compiled_runs`), so each of them
+        shows that run's count; attacks
         that have not run yet count 0, attacks that are not
         :class:`~tfnorms.attacks.RestartAttack` are left out.
 
