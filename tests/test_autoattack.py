@@ -4,6 +4,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import threading
 
 import keras
 import numpy as np
@@ -389,6 +390,32 @@ def test_conv_input_gradients_as_convolutions_equal_tensorflows(kernel, strides,
     ops = {op.type for op in concrete.graph.get_operations()}
     assert ("Conv2DBackpropInput" not in ops) == isinstance(padding, str)
     assert "Conv2DBackpropFilter" in ops
+
+
+def test_gradient_swap_nests_and_restores_tensorflows_gradient_across_threads():
+    from tensorflow.python.framework import ops as tf_ops
+
+    entry = tf_ops._gradient_registry._registry["Conv2D"]
+    original = entry["type"]
+    entered, release = threading.Barrier(4), threading.Event()
+
+    def hold():
+        with _keras.conv_input_gradients_as_convolutions():
+            entered.wait()
+            release.wait()
+
+    threads = [threading.Thread(target=hold) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    entered.wait()  # three overlapping uses, in any order
+    swapped = entry["type"]
+    with _keras.conv_input_gradients_as_convolutions():  # nested in this thread: the same one installed
+        assert entry["type"] is swapped is not original
+    assert entry["type"] is swapped
+    release.set()
+    for thread in threads:
+        thread.join()
+    assert entry["type"] is original
 
 
 def test_attack_runs_trace_conv_input_gradients_as_convolutions(trained, digits):

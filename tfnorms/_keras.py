@@ -50,6 +50,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 
 import keras
@@ -523,13 +524,20 @@ def _conv2d_gradient(original):
     return gradient
 
 
+_SWAP_LOCK = threading.Lock()
+_SWAP_STATE = {"active": 0}
+
+
 @contextlib.contextmanager
 def conv_input_gradients_as_convolutions():
     """While active, gradients built for ``Conv2D`` ops compute input gradients as forward convolutions.
 
     Used around the tracing of the attacks' compiled runs (the backward graph
     is built at trace time); the graph keeps the faster gradient after the
-    context exits, nothing else is affected.
+    context exits. The registry is process-wide: a gradient that another thread
+    builds meanwhile gets the same linear map (equal up to float round-off);
+    nested or concurrent uses install it once and restore TensorFlow's own
+    gradient when the last one exits.
 
     Example:
         >>> x, k = tf.random.normal([1, 5, 5, 2]), tf.random.normal([3, 3, 2, 4])
@@ -544,12 +552,18 @@ def conv_input_gradients_as_convolutions():
         True
     """
     entry = tf_ops._gradient_registry._registry["Conv2D"]
-    original = entry["type"]
-    entry["type"] = _conv2d_gradient(original)
+    with _SWAP_LOCK:
+        if _SWAP_STATE["active"] == 0:
+            _SWAP_STATE["original"] = entry["type"]
+            entry["type"] = _conv2d_gradient(entry["type"])
+        _SWAP_STATE["active"] += 1
     try:
         yield
     finally:
-        entry["type"] = original
+        with _SWAP_LOCK:
+            _SWAP_STATE["active"] -= 1
+            if _SWAP_STATE["active"] == 0:
+                entry["type"] = _SWAP_STATE.pop("original")
 
 
 # ---------------------------------------------------------------- fit under MultiWorkerMirroredStrategy
