@@ -109,3 +109,19 @@ def test_gram_spectral_bounds_bound_every_layer(model):
         assert float(bound) >= float(norms_now[path]) * (1 - 1e-6)
     with pytest.raises(ValueError, match="`spectral_method`"):
         norms.model_norms(model, 2, spectral_method="svd")
+
+
+def test_many_models_do_not_warn_of_retracing(caplog):
+    """One function per model, each traced once: no "excessive retracing" warning after five models
+    (TensorFlow counts traces per code object, which one lambda for every model would share)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float64")
+    try:
+        models = [small_model() for _ in range(7)]
+    finally:
+        keras.config.set_dtype_policy(previous)
+    with caplog.at_level("WARNING"):
+        for each in models:
+            norms.model_norms(each, 1)
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+    assert all(norms.compiled_model_norms(each, 1)[1].experimental_get_tracing_count() == 1 for each in models)

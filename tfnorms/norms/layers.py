@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 import weakref
 from typing import Dict, Optional, Tuple
@@ -249,12 +250,18 @@ def compiled_model_norms(
     per_model = _COMPILED.setdefault(model, {})
     key = (ord, bool(fold_padding), spectral_method)
     if key not in per_model:
-        model_ref = weakref.ref(model)
+        # A partial, not a lambda: TensorFlow counts traces per code object, so one lambda
+        # for every model would warn of "excessive retracing" after five models.
         function = tf.function(
-            lambda: _stacked_norms(model_ref(), ord, fold_padding, spectral_method), autograph=False
+            functools.partial(_norms_of_referenced, weakref.ref(model), ord, fold_padding, spectral_method),
+            autograph=False,
         )
         per_model[key] = ([layer.path for layer in _supported(model)], function)
     return per_model[key]
+
+
+def _norms_of_referenced(model_ref, ord, fold_padding, spectral_method):
+    return _stacked_norms(model_ref(), ord, fold_padding, spectral_method)
 
 
 def model_norms(
