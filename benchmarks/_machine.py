@@ -40,7 +40,7 @@ def _first_cpu_info() -> dict:
 
 
 def machine_facts(**versions) -> dict:
-    """Platform, CPU model and bf16 instruction sets, core count, 1-minute load average, library versions.
+    """Platform, CPU model and bf16 instruction sets, core count, oneDNN switch, 1-minute load average, versions.
 
     Args:
         **versions: library name -> version string, e.g. ``tensorflow=tf.__version__``.
@@ -55,6 +55,9 @@ def machine_facts(**versions) -> dict:
         cpu_avx512_bf16="avx512_bf16" in cpu_flags,
         cpu_amx_bf16="amx_bf16" in cpu_flags,
         cpus=os.cpu_count(),
+        # TensorFlow's oneDNN kernels: on by default only on CPUs with AVX-512 VNNI / BF16 / AMX;
+        # elsewhere TF_ENABLE_ONEDNN_OPTS=1 turns them on (docs/benchmarks.md#onednn).
+        tf_enable_onednn_opts=os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
         load_average_before=os.getloadavg()[0],
         **versions,
     )

@@ -34,7 +34,7 @@ def test_norm_regularization_study(tmp_path):
 
 def test_compare_norms_trains_then_reloads(tmp_path):
     out = tmp_path / "compare"
-    run_study("compare_norms.py", out, "--width=4", "--methods=natural,trades", "--attack_steps=1",
+    run_study("compare_norms.py", out, "--model=small_cnn", "--width=4", "--methods=natural,trades", "--attack_steps=1",
               "--apgd_iter=2", "--attack=pgd", "--eval_steps=2", "--seeds=2")
     report = json.loads((out / "results.json").read_text())
     assert [r["model"] for r in report["runs"]] == ["natural", "trades"]
