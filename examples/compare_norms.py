@@ -37,9 +37,9 @@ import os
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# TensorFlow's oneDNN kernels: on by default only on CPUs with AVX-512 VNNI / BF16 / AMX; on
-# others they train these studies about 1.4x faster (docs/benchmarks.md#onednn). Before TensorFlow
-# is imported; TF_ENABLE_ONEDNN_OPTS=0 turns them off.
+# TensorFlow's oneDNN kernels: on by default only on CPUs with AVX-512 VNNI / BF16 / AMX; on an
+# AVX2 CPU they trained these studies' models 1.1-1.4x faster (docs/benchmarks.md#onednn). Set
+# before TensorFlow is imported; TF_ENABLE_ONEDNN_OPTS=0 turns them off.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 from absl import app, flags  # noqa: E402
