@@ -27,14 +27,15 @@ Figure 3(d), with error bars and the seeds' points) and ``war_lambda.png``
 (lambda during training) into ``--output_dir``.
 
 CPU default (embedded digits data, WRN-10-{1,2}, 3 seeds, no grid; under 20 minutes on 2
-cores), and the tuning-cost comparison with the grid 3,6,12,18 at width 2 (about 30 minutes):
+cores), and the tuning-cost comparison with the grid 3,6,12,18 at width 2 (about 40 minutes):
 
     python examples/width_study.py
     python examples/width_study.py --lambda_grid=3,6,12,18
 
-Longer CPU preset (WRN-10-{1,4}, grid at width 4; docs/reproducing.md#width-study):
+Longer CPU preset (WRN-10-{1,4}, the fixed lambda and the stability rule, 3 seeds, about
+45 minutes; docs/reproducing.md#width-study-long):
 
-    python examples/width_study.py --widths=1,4 --epochs=10 --milestones=8 --lambda_grid=3,6,12,18 \
+    python examples/width_study.py --widths=1,4 --schedules=fixed,stability \
         --output_dir=runs/width_study_long
 
 Full scale (CIFAR-10, WRN-34-{1,5,10,15,20}, the reference settings of docs/theory.md#reference-settings; GPUs):
