@@ -19,7 +19,8 @@ COMMON = ["--epochs=1", "--milestones=", "--batch_size=32", "--train_examples=64
 
 
 def run_study(script, output_dir, *args):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg")
+    # The studies turn on oneDNN, which is slower on these tiny batches (docs/benchmarks.md#onednn).
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg", TF_ENABLE_ONEDNN_OPTS="0")
     command = [sys.executable, str(ROOT / "examples" / script), f"--output_dir={output_dir}", *COMMON, *args]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
