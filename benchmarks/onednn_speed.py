@@ -20,7 +20,8 @@ call. The table gives the median per setting over ``--rounds`` rounds and the
 speed-up ``off / on``.
 
 Usage:
-    python benchmarks/onednn_speed.py            # a few minutes on 2 cores
+    python benchmarks/onednn_speed.py                       # 3 rounds: about 30 minutes on 2 busy cores
+    python benchmarks/onednn_speed.py --rounds=1 --steps=3  # about 7 minutes beside another job
     python benchmarks/onednn_speed.py --quick    # smoke test
 Writes benchmarks/results/onednn_speed.json (or --output).
 """
